@@ -1,0 +1,25 @@
+"""Elastiscope telemetry: events, metrics, traces and the sinks they flow to.
+
+Never imports torch or the agent; cheap to import. Heavy pieces (Prometheus exposition,
+OpenTelemetry exporters, the HTTP server) load only when configured.
+"""
+
+from telemetry.events import Event, EventSource, emit, record
+from telemetry.pipeline import Pipeline, Sink, get_pipeline, set_pipeline
+from telemetry.records import MetricPoint, put_metric
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Event",
+    "EventSource",
+    "MetricPoint",
+    "Pipeline",
+    "Sink",
+    "emit",
+    "get_pipeline",
+    "put_metric",
+    "record",
+    "set_pipeline",
+    "__version__",
+]

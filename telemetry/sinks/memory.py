@@ -1,0 +1,113 @@
+"""A ring buffer of recent events: what ``/events`` and ``/status`` read, and what tests inspect."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from typing import Iterator
+
+from telemetry.events import Event
+from telemetry.pipeline import Sink
+
+__all__ = ["MemorySink"]
+
+
+class MemorySink(Sink):
+    """Keeps the last ``capacity`` events, each with a sequence number that never repeats.
+
+    Cheap enough to run synchronously: an append to a bounded deque. Readers get copies, and
+    can wait for new events (``wait_for``) instead of polling.
+    """
+
+    name = "memory"
+    synchronous = True
+    metrics = False
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._ring: collections.deque[tuple[int, Event]] = collections.deque(maxlen=capacity)
+        self._seq = itertools.count(1)
+        self._cond = threading.Condition()
+
+    def emit(self, record: Event) -> None:
+        self._ring.append((next(self._seq), record))
+        if self._cond._waiters:  # type: ignore[attr-defined]  # skip the lock when nobody waits
+            with self._cond:
+                self._cond.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def snapshot(self) -> list[tuple[int, Event]]:
+        """(sequence number, event) pairs, oldest first."""
+        return list(self._ring)
+
+    def events(self) -> list[Event]:
+        return [e for _, e in list(self._ring)]
+
+    def last_seq(self) -> int:
+        ring = self._ring
+        return ring[-1][0] if ring else 0
+
+    def query(
+        self,
+        since: int = 0,
+        name: str | None = None,
+        state: str | None = None,
+        source: str | None = None,
+        rank: int | None = None,
+        limit: int | None = None,
+    ) -> list[tuple[int, Event]]:
+        """Events after sequence ``since`` that match every given filter, oldest first.
+
+        ``name`` matches a prefix of the event name; ``state`` and ``rank`` match the metadata
+        keys ``state`` and ``global_rank``; ``limit`` keeps the newest N matches.
+        """
+        out = []
+        for seq, ev in list(self._ring):
+            if seq <= since:
+                continue
+            md = ev.metadata
+            if name is not None and not ev.name.startswith(name):
+                continue
+            if state is not None and md.get("state") != state:
+                continue
+            if source is not None and str(getattr(ev.source, "value", ev.source)) != source:
+                continue
+            if rank is not None and md.get("global_rank") != rank:
+                continue
+            out.append((seq, ev))
+        if limit is not None:
+            out = out[-limit:] if limit > 0 else []
+        return out
+
+    def wait_for(self, predicate, timeout: float) -> Event | None:
+        """Block until an event satisfying ``predicate`` is in the ring, or ``timeout`` passes."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for _, ev in list(self._ring):
+                    if predicate(ev):
+                        return ev
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                # emit() skips the lock when nobody waits, so a wake-up can be missed in a
+                # narrow window; short slices bound that miss without busy polling.
+                self._cond.wait(min(remaining, 0.05))
+
+    def follow(self, since: int = 0, poll: float = 1.0) -> Iterator[tuple[int, Event]]:
+        """Yield events after ``since`` as they arrive (for server-sent events); never ends."""
+        last = since
+        while True:
+            batch = [(s, e) for s, e in list(self._ring) if s > last]
+            for s, e in batch:
+                last = s
+                yield s, e
+            if not batch:
+                with self._cond:
+                    if self.last_seq() <= last:
+                        self._cond.wait(poll)
