@@ -14,6 +14,8 @@ Rendezvous, stores, ``ProcessFailure`` and ``SignalException`` are torch's own.
 from __future__ import annotations
 
 import abc
+import functools
+import importlib
 import json
 import logging
 import os
@@ -26,22 +28,67 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
-
-import torch.distributed.elastic.rendezvous as rdzv
-import torch.distributed.elastic.utils.store as store_util
-from torch.distributed.elastic.metrics import prof
-from torch.distributed.elastic.multiprocessing import ProcessFailure, SignalException
-from torch.distributed.elastic.rendezvous import RendezvousGracefulExitError
+from typing import TYPE_CHECKING, Any, Callable
 
 from telemetry import tracing
 from telemetry.events import Event, EventSource, emit, record
 from telemetry.records import put_metric
 
-try:  # present in the torch releases this module mirrors; absent in older ones
+if TYPE_CHECKING:
+    import torch.distributed.elastic.rendezvous as rdzv
+    from torch.distributed.elastic.multiprocessing import ProcessFailure
     from torch.numa.binding import NumaOptions
-except ImportError:  # pragma: no cover
-    NumaOptions = Any  # type: ignore[misc,assignment]
+
+# torch is imported when first needed, not with this module: annotations here are strings, and
+# torch's classes are only touched once an agent runs (by then its rendezvous handler has
+# imported torch anyway). That keeps `import agent.api` — and commands that never run an agent,
+# like `elastiscope events` — free of torch's two-second import.
+_TORCH_NAMES = {
+    "rdzv": ("torch.distributed.elastic.rendezvous", None),
+    "store_util": ("torch.distributed.elastic.utils.store", None),
+    "ProcessFailure": ("torch.distributed.elastic.multiprocessing", "ProcessFailure"),
+    "SignalException": ("torch.distributed.elastic.multiprocessing", "SignalException"),
+    "RendezvousGracefulExitError": ("torch.distributed.elastic.rendezvous", "RendezvousGracefulExitError"),
+    "NumaOptions": ("torch.numa.binding", "NumaOptions"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _TORCH_NAMES[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def prof(fn: Callable) -> Callable:
+    """torch's ``@prof``: ``<Class>.<method>.success`` / ``.failure`` / ``.duration.ms``.
+
+    Published to torch's metric stream (group "torchelastic"), as torch's agent does, so a
+    handler configured with ``torch.distributed.elastic.metrics.configure`` sees the same
+    names. torch's metrics module is looked up on the first call instead of at import.
+    """
+    key = fn.__qualname__
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from torch.distributed.elastic.metrics import put_metric as torch_put_metric
+
+        started = time.time()
+        try:
+            value = fn(*args, **kwargs)
+            torch_put_metric(f"{key}.success", 1, "torchelastic")
+        except Exception:
+            torch_put_metric(f"{key}.failure", 1, "torchelastic")
+            raise
+        finally:
+            torch_put_metric(f"{key}.duration.ms", int((time.time() - started) * 1000), "torchelastic")
+        return value
+
+    return wrapper
 
 __all__ = [
     "WorkerSpec",
@@ -501,6 +548,9 @@ class SimpleElasticAgent(ElasticAgent):
 
     @prof
     def run(self, role: str = DEFAULT_ROLE) -> RunResult:
+        from torch.distributed.elastic.multiprocessing import SignalException
+        from torch.distributed.elastic.rendezvous import RendezvousGracefulExitError
+
         started = time.monotonic()
         outcome = "ERROR"
         shutdown_done = False
@@ -614,6 +664,9 @@ class SimpleElasticAgent(ElasticAgent):
             "local worker group finished (%s); waiting up to %ss for other agents",
             self._worker_group.state, self._exit_barrier_timeout,
         )
+        from torch.distributed.elastic.multiprocessing import SignalException
+        from torch.distributed.elastic.utils import store as store_util
+
         started = time.time()
         self._in_exit_barrier = True
         try:
