@@ -1,0 +1,596 @@
+"""The agent's HTTP endpoint: Prometheus scrapes, health probes, a status snapshot and recent events.
+
+The app knows the agent only through a *status provider*, a callable returning the snapshot dict
+of ``LocalElasticAgent.status_snapshot()``; it never imports ``agent`` (the one-way rule). Events
+come from the pipeline's :class:`~telemetry.sinks.memory.MemorySink`.
+
+Importing this module is cheap: FastAPI, pydantic and uvicorn load only when an app is built or
+served. That lets ``elastiscope run`` bind the listening socket first (so a port already in use is
+reported before anything starts) and import the web stack on the server thread while the main
+thread gets on with rendezvous. A request that arrives in between waits in the socket's backlog.
+
+Routes (all GET):
+
+``/metrics``        Prometheus text, or OpenMetrics when the Accept header asks for it
+``/healthz``        the endpoint is up (liveness)
+``/readyz``         200 while the worker group is HEALTHY, 503 otherwise (readiness)
+``/status``         run id, role, state, restarts, ranks and every local worker
+``/events``         recent events, filtered by ``since``, ``name``, ``state``, ``source``, ``rank``
+``/events/stream``  the same as server-sent events, as they happen
+
+With a bearer token configured every route except the two probes requires
+``Authorization: Bearer <token>``.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations,
+# which name classes imported inside ``create_app``, so they must be evaluated where defined.
+import errno
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from telemetry.sinks.memory import MemorySink
+
+__all__ = [
+    "StatusProvider",
+    "MetricsRenderer",
+    "EndpointError",
+    "WORKER_STATES",
+    "is_loopback",
+    "bind_socket",
+    "create_app",
+    "EndpointServer",
+    "start_endpoint",
+]
+
+log = logging.getLogger("elastiscope.endpoint")
+
+StatusProvider = Callable[[], Mapping[str, Any]]
+# (Accept header or None) -> (body, content type); telemetry.metrics.exposition has this shape.
+MetricsRenderer = Callable[["str | None"], "tuple[bytes, str]"]
+
+# torch's WorkerState values, in its declaration order.
+WORKER_STATES = ("UNKNOWN", "INIT", "HEALTHY", "UNHEALTHY", "STOPPED", "SUCCEEDED", "FAILED")
+
+# Server-sent events: how often an idle stream looks for new events, and how often it sends a
+# comment line so proxies and load balancers keep the connection open.
+STREAM_POLL_SECONDS = 0.2
+STREAM_HEARTBEAT_SECONDS = 15.0
+MAX_EVENTS_PER_PAGE = 10_000
+
+
+class EndpointError(ValueError):
+    """The endpoint cannot start as configured; the message is one line meant for a person."""
+
+
+# ---- address policy and the listening socket ------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(
+        ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses
+    )
+
+
+def bind_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 = ephemeral), or EndpointError saying why not."""
+    if not 0 <= port <= 65535:
+        raise EndpointError(f"metrics port {port} is out of range (0-65535)")
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as e:
+        raise EndpointError(f"cannot resolve metrics host {host!r}: {e.strerror}") from None
+    family, socktype, proto, _, address = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        # Lets a restarted agent reuse its port while old connections sit in TIME_WAIT; on
+        # Linux it does not allow two listeners on one port, so "in use" is still detected.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise EndpointError(f"metrics port {port} on {host} is already in use") from None
+        raise EndpointError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+# ---- response models (built on first use so importing this module stays cheap) --------------
+
+_models: dict[str, Any] = {}
+
+
+def _build_models() -> dict[str, Any]:
+    if _models:
+        return _models
+    from typing import Literal, Optional, Union
+
+    from pydantic import BaseModel, Field
+
+    State = Literal[WORKER_STATES]  # type: ignore[valid-type]
+    MetadataValue = Union[str, int, float, bool, None]
+
+    class WorkerStatus(BaseModel):
+        """One local worker process."""
+
+        local_rank: int
+        global_rank: Optional[int] = Field(None, description="-1 or null before rank assignment")
+        role_rank: Optional[int] = None
+        pid: Optional[int] = Field(None, description="null while the worker is not running")
+        state: State = "UNKNOWN"
+        start_time: Optional[float] = Field(None, description="seconds since the epoch")
+        exit_code: Optional[int] = Field(None, description="null while the worker runs")
+        cpu_seconds: Optional[float] = Field(None, description="user + system CPU time")
+        rss_bytes: Optional[int] = Field(None, description="resident memory")
+
+    class Status(BaseModel):
+        """The agent and its worker group right now."""
+
+        run_id: Optional[str] = None
+        role: Optional[str] = None
+        state: State = Field(..., description="the worker group's state")
+        restarts_used: int = 0
+        remaining_restarts: Optional[int] = None
+        max_restarts: Optional[int] = None
+        group_rank: Optional[int] = Field(None, description="this node's rank among the agents")
+        group_world_size: Optional[int] = Field(None, description="number of agents (nodes)")
+        world_size: Optional[int] = Field(None, description="number of workers over all nodes")
+        workers: list[WorkerStatus] = Field(default_factory=list)
+
+    class Health(BaseModel):
+        status: Literal["ok"] = "ok"
+        uptime_seconds: float
+
+    class Readiness(BaseModel):
+        ready: bool
+        state: State
+
+    class EventRecord(BaseModel):
+        """One event in torch's event format, with its position in the ring buffer."""
+
+        seq: int = Field(..., description="increasing sequence number; pass as since= to page")
+        name: str
+        source: Literal["AGENT", "WORKER"]
+        timestamp: int = Field(..., description="milliseconds since the epoch")
+        metadata: dict[str, MetadataValue]
+
+    class EventPage(BaseModel):
+        events: list[EventRecord]
+        last_seq: int = Field(..., description="sequence number of the newest event held")
+
+    class Problem(BaseModel):
+        detail: str
+
+    _models.update(
+        WorkerStatus=WorkerStatus,
+        Status=Status,
+        Health=Health,
+        Readiness=Readiness,
+        EventRecord=EventRecord,
+        EventPage=EventPage,
+        Problem=Problem,
+    )
+    return _models
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: `from telemetry.server import Status` builds lazily
+    if name in {"WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem"}:
+        return _build_models()[name]
+    raise AttributeError(name)
+
+
+# ---- turning what the providers give us into what the schema promises -----------------------
+
+
+def _json_scalar(value: Any) -> Any:
+    """A metadata value the JSON encoder and the schema accept: scalars, non-finite floats as text."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    return str(value)
+
+
+def _state_name(value: Any) -> str:
+    name = str(getattr(value, "value", value) or "UNKNOWN").upper()
+    return name if name in WORKER_STATES else "UNKNOWN"
+
+
+def _normalise_status(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: snapshot.get(k) for k in (
+        "run_id", "role", "remaining_restarts", "max_restarts",
+        "group_rank", "group_world_size", "world_size",
+    )}
+    out["run_id"] = None if out["run_id"] is None else str(out["run_id"])
+    out["state"] = _state_name(snapshot.get("state"))
+    out["restarts_used"] = int(snapshot.get("restarts_used") or 0)
+    workers = []
+    for w in snapshot.get("workers") or ():
+        w = dict(w)
+        w["state"] = _state_name(w.get("state"))
+        workers.append(w)
+    out["workers"] = workers
+    return out
+
+
+def _event_record(seq: int, event: Any) -> dict[str, Any]:
+    source = getattr(event.source, "value", event.source)
+    return {
+        "seq": seq,
+        "name": str(event.name),
+        "source": str(source) if str(source) in ("AGENT", "WORKER") else "AGENT",
+        "timestamp": int(event.timestamp or 0),
+        "metadata": {str(k): _json_scalar(v) for k, v in (event.metadata or {}).items()},
+    }
+
+
+def _default_metrics(accept: str | None) -> tuple[bytes, str]:
+    try:
+        from telemetry.metrics import exposition
+    except ImportError:  # the catalogue is not there: fall back to the default registry
+        from prometheus_client import REGISTRY
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(REGISTRY), content_type
+    return exposition(accept)
+
+
+# ---- the app ---------------------------------------------------------------------------------
+
+
+def create_app(
+    status_provider: StatusProvider,
+    events: "MemorySink | None" = None,
+    *,
+    token: str | None = None,
+    metrics: MetricsRenderer | None = None,
+    on_metrics_scrape: Callable[[], None] | None = None,
+    stream_poll_seconds: float = STREAM_POLL_SECONDS,
+    stream_heartbeat_seconds: float = STREAM_HEARTBEAT_SECONDS,
+):
+    """Build the FastAPI app. ``token`` turns on bearer authentication for all but the probes."""
+    import asyncio
+    from typing import Literal, Optional
+
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+    m = _build_models()
+    render_metrics = metrics or _default_metrics
+    started = time.monotonic()
+    from telemetry import __version__
+
+    app = FastAPI(
+        title="Elastiscope agent",
+        version=__version__,
+        description="Metrics, health, status and events of one Elastiscope agent.",
+    )
+
+    protected: list[Any] = []
+    auth_responses: dict[int | str, dict[str, Any]] = {}
+    if token:
+        bearer = HTTPBearer(auto_error=False, description="the agent's --token")
+        expected = token.encode()
+
+        def check_token(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)):
+            given = credentials.credentials.encode() if credentials else b""
+            if not hmac.compare_digest(given, expected):
+                raise HTTPException(
+                    401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+                )
+
+        protected = [Depends(check_token)]
+        auth_responses = {401: {"model": m["Problem"], "description": "missing or wrong token"}}
+
+    def snapshot() -> dict[str, Any]:
+        try:
+            return _normalise_status(status_provider())
+        except Exception as e:  # the agent is mid-change or broken; say so, do not crash
+            log.debug("status provider failed", exc_info=True)
+            raise HTTPException(503, f"status unavailable: {type(e).__name__}") from None
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        dependencies=protected,
+        responses={
+            200: {
+                "description": "Prometheus text format, or OpenMetrics if the Accept header asks",
+                "content": {
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/openmetrics-text": {"schema": {"type": "string"}},
+                },
+            },
+            **auth_responses,
+        },
+    )
+    def get_metrics(request: Request) -> Response:
+        body, content_type = render_metrics(request.headers.get("accept"))
+        if on_metrics_scrape is not None:
+            on_metrics_scrape()
+        return Response(body, media_type=content_type)
+
+    @app.get("/healthz", summary="Liveness: the endpoint answers", response_model=m["Health"])
+    def get_healthz():
+        return {"status": "ok", "uptime_seconds": round(time.monotonic() - started, 3)}
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: the worker group is HEALTHY",
+        response_model=m["Readiness"],
+        responses={
+            503: {"model": m["Readiness"], "description": "workers not (yet, or no longer) healthy"}
+        },
+    )
+    def get_readyz():
+        try:
+            state = _state_name(status_provider().get("state"))
+        except Exception:
+            state = "UNKNOWN"
+        body = {"ready": state == "HEALTHY", "state": state}
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get(
+        "/status",
+        summary="The agent, its worker group and every local worker",
+        response_model=m["Status"],
+        dependencies=protected,
+        responses={503: {"model": m["Problem"], "description": "status unavailable"}, **auth_responses},
+    )
+    def get_status():
+        return snapshot()
+
+    def query(since, name, state, source, rank, limit):
+        if events is None:
+            return [], 0
+        head = events.last_seq()
+        found = events.query(since=since, name=name, state=state, source=source, rank=rank)
+        found = [(s, e) for s, e in found if s <= head]
+        if limit is not None:
+            found = found[-limit:]
+        return found, head
+
+    Since = Query(0, ge=0, description="only events after this sequence number")
+    Name = Query(None, description="event name prefix, e.g. elastiscope.worker")
+    State = Query(None, description="metadata state, e.g. FAILED")
+    Source = Query(None, description="AGENT or WORKER")
+    Rank = Query(None, description="metadata global_rank")
+
+    @app.get(
+        "/events",
+        summary="Recent events, oldest first",
+        response_model=m["EventPage"],
+        dependencies=protected,
+        responses=auth_responses,
+    )
+    def get_events(
+        since: int = Since,
+        name: Optional[str] = Name,
+        state: Optional[str] = State,
+        source: Optional[Literal["AGENT", "WORKER"]] = Source,
+        rank: Optional[int] = Rank,
+        limit: int = Query(1000, ge=1, le=MAX_EVENTS_PER_PAGE, description="newest N matches"),
+    ):
+        found, head = query(since, name, state, source, rank, limit)
+        return {"events": [_event_record(s, e) for s, e in found], "last_seq": head}
+
+    @app.get(
+        "/events/stream",
+        summary="Events as server-sent events, as they happen",
+        response_class=StreamingResponse,
+        dependencies=protected,
+        responses={
+            200: {
+                "description": "one block per event: `id` (seq), `event` (name), `data` (EventRecord JSON)",
+                # Before OpenAPI 3.2's itemSchema, `schema` of an event stream describes one event.
+                "content": {"text/event-stream": {"schema": {
+                    "type": "object",
+                    "required": ["id", "event", "data"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^[0-9]+$"},
+                        "event": {"type": "string"},
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/EventRecord"},
+                        },
+                    },
+                }}},
+            },
+            **auth_responses,
+        },
+    )
+    async def stream_events(
+        request: Request,
+        since: Optional[int] = Query(
+            None, ge=0, description="start after this sequence number (default: now)"
+        ),
+        name: Optional[str] = Name,
+        state: Optional[str] = State,
+        source: Optional[Literal["AGENT", "WORKER"]] = Source,
+        rank: Optional[int] = Rank,
+    ):
+        resume = request.headers.get("last-event-id", "")
+        if since is None:
+            since = int(resume) if resume.isdigit() else (events.last_seq() if events else 0)
+
+        async def frames():
+            last = since
+            idle_since = time.monotonic()
+            while True:
+                found, head = query(last, name, state, source, rank, None)
+                last = max(last, head)
+                for seq, event in found:
+                    data = json.dumps(_event_record(seq, event), separators=(",", ":"))
+                    yield f"id: {seq}\nevent: {event.name}\ndata: {data}\n\n"
+                now = time.monotonic()
+                if found:
+                    idle_since = now
+                elif now - idle_since >= stream_heartbeat_seconds:
+                    idle_since = now
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(stream_poll_seconds)
+
+        return StreamingResponse(
+            frames(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return app
+
+
+# ---- serving ---------------------------------------------------------------------------------
+
+
+class EndpointServer:
+    """uvicorn on a pre-bound socket, in a daemon thread.
+
+    ``app_factory`` runs on that thread, so the web stack's import cost overlaps with whatever
+    the caller does next. ``stop`` is safe at any point, even before the app exists.
+    """
+
+    def __init__(self, sock: socket.socket, app_factory: Callable[[], Any]) -> None:
+        self.sock = sock
+        self.url = _url_of(sock)
+        self.host, self.port = sock.getsockname()[:2]
+        self._app_factory = app_factory
+        self._server: Any = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.last_scrape: float | None = None  # monotonic time of the latest /metrics answer
+
+    def note_scrape(self) -> None:
+        self.last_scrape = time.monotonic()
+
+    def start(self) -> "EndpointServer":
+        self._thread = threading.Thread(target=self._serve, name="elastiscope-endpoint", daemon=True)
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        try:
+            import uvicorn
+
+            app = self._app_factory()
+            config = uvicorn.Config(
+                app,
+                log_config=None,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=1,
+                server_header=False,
+            )
+            server = uvicorn.Server(config)
+            with self._lock:
+                if self._stopping:
+                    return
+                self._server = server
+            server.run(sockets=[self.sock])
+        except BaseException as e:  # never take the job down: report, and stay down
+            self.error = e
+            log.warning("metrics endpoint stopped: %s: %s", type(e).__name__, e)
+        finally:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    @property
+    def serving(self) -> bool:
+        server = self._server
+        return bool(server is not None and server.started)
+
+    def wait_serving(self, timeout: float) -> bool:
+        """Block until uvicorn accepts requests (or gave up); tests and benchmarks use this."""
+        deadline = time.monotonic() + timeout
+        while not self.serving:
+            if self.error is not None or (self._thread and not self._thread.is_alive()):
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop serving; wait up to ``timeout`` seconds for the thread (0: do not wait)."""
+        with self._lock:
+            self._stopping = True
+            server = self._server
+        if server is not None:
+            server.should_exit = True
+            # Open event streams would otherwise hold the graceful shutdown for its full timeout.
+            server.force_exit = True
+        if self._thread is not None and timeout > 0:
+            self._thread.join(timeout)
+
+
+def start_endpoint(
+    status_provider: StatusProvider,
+    events: "MemorySink | None" = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    token_required: bool = True,
+    metrics: MetricsRenderer | None = None,
+) -> EndpointServer:
+    """Bind now (errors surface here, as EndpointError), then serve from a daemon thread.
+
+    A non-loopback ``host`` needs a ``token`` unless ``token_required`` is False.
+    """
+    if not token and token_required and not is_loopback(host):
+        raise EndpointError(
+            f"--metrics-host {host} is not a loopback address: set --token "
+            "(or ELASTISCOPE_TOKEN), or pass --no-token-required to expose it without one"
+        )
+    sock = bind_socket(host, port)
+    holder: dict[str, EndpointServer] = {}
+
+    def build():
+        return create_app(
+            status_provider,
+            events,
+            token=token,
+            metrics=metrics,
+            on_metrics_scrape=lambda: holder["server"].note_scrape(),
+        )
+
+    server = EndpointServer(sock, build)
+    holder["server"] = server
+    return server.start()
+
