@@ -5,6 +5,10 @@ this module is policy. Each slow sink gets a bounded queue and one delivery thre
 manner of ``BatchSpanProcessor``: ``publish`` appends and returns, a full queue drops the
 record and counts it, and a sink that raises is counted and logged once per burst. Cheap
 in-process sinks (``synchronous = True``) are called inline, still behind a ``try``.
+
+Counters are exact under concurrent producers: each delivery updates its counters under one
+uncontended lock (a fraction of a microsecond), so ``offered == delivered + errors + dropped``
+holds once a pipeline is closed, and ``dropped`` is the true number of records a sink never saw.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
+import signal
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -27,27 +33,33 @@ __all__ = [
     "register_destination",
     "get_pipeline",
     "set_pipeline",
+    "install_exit_handlers",
     "DEFAULT_QUEUE_SIZE",
 ]
 
 log = logging.getLogger("elastiscope.telemetry")
 
 DEFAULT_QUEUE_SIZE = 131_072
-# A failing sink is reported at most once per this many seconds, with the count since.
+# Within a burst of failures a sink is reported once; a burst that lasts longer than this is
+# reported again (with the count since), so a sink that never recovers still shows up in logs.
 ERROR_LOG_INTERVAL_S = 30.0
+# How long exit paths (atexit, SIGTERM) wait for queued records to reach their sinks.
+EXIT_FLUSH_TIMEOUT_S = 5.0
 
 
 class Sink:
     """Base class of every sink. Subclasses override ``emit`` and, where they buffer, ``flush``.
 
     ``events`` / ``metrics`` say which record types the sink wants; the pipeline does not hand
-    it the others. ``synchronous`` sinks run on the producer's thread and must be cheap.
+    it the others. ``synchronous`` sinks run on the producer's thread and must be cheap and
+    thread-safe. ``queue_size`` (queued sinks only) overrides the pipeline's default.
     """
 
     name: str = "sink"
     synchronous: bool = False
     events: bool = True
     metrics: bool = True
+    queue_size: int | None = None
 
     def emit(self, record: Event | MetricPoint) -> None:
         raise NotImplementedError
@@ -63,7 +75,12 @@ class Sink:
 
 
 class SinkStats:
-    """Counters for one sink, read by the metrics exporter and by tests."""
+    """Counters for one sink, read by the metrics exporter and by tests.
+
+    ``offered``: records handed to the sink's delivery; ``delivered``: ``emit`` returned;
+    ``errors``: ``emit`` raised; ``dropped``: never reached ``emit`` (queue full, or the
+    pipeline closed before the record's turn came).
+    """
 
     __slots__ = ("offered", "delivered", "dropped", "errors")
 
@@ -78,44 +95,71 @@ class SinkStats:
 
 
 class _ErrorReporter:
-    """Logs a sink's failures once per burst instead of once per record."""
+    """Logs a sink's failures once per burst instead of once per record.
+
+    A burst starts with a failure after a success (or at the start) and ends with the next
+    success; the recovery is logged with the number of failures in the burst.
+    """
 
     def __init__(self, sink_name: str) -> None:
         self._sink_name = sink_name
         self._last_logged = float("-inf")
-        self._since_last = 0
+        self._unreported = 0
+        self._in_burst = False
 
     def report(self, exc: BaseException) -> None:
-        self._since_last += 1
+        self._unreported += 1
         now = time.monotonic()
-        if now - self._last_logged >= ERROR_LOG_INTERVAL_S:
-            try:
-                log.warning(
-                    "telemetry sink %r failed %d time(s): %s: %s",
-                    self._sink_name, self._since_last, type(exc).__name__, exc,
-                )
-            except Exception:  # logging itself broken (closed stream): still never raise
-                pass
+        if not self._in_burst or now - self._last_logged >= ERROR_LOG_INTERVAL_S:
+            self._in_burst = True
             self._last_logged = now
-            self._since_last = 0
+            count, self._unreported = self._unreported, 0
+            _log_quietly(
+                logging.WARNING,
+                "telemetry sink %r failed (%d time(s) since last report): %s: %s",
+                self._sink_name, count, type(exc).__name__, exc,
+            )
+
+    def succeeded(self) -> None:
+        if self._in_burst:
+            self._in_burst = False
+            count, self._unreported = self._unreported, 0
+            _log_quietly(
+                logging.INFO, "telemetry sink %r recovered (%d more failure(s) before that)",
+                self._sink_name, count,
+            )
+
+
+def _log_quietly(level: int, msg: str, *args: Any) -> None:
+    try:
+        log.log(level, msg, *args)
+    except Exception:  # logging itself broken (closed stream): still never raise
+        pass
 
 
 class _Delivery:
-    """Calls a synchronous sink inline."""
+    """Calls a synchronous sink inline, on the producer's thread."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.stats = SinkStats()
         self._errors = _ErrorReporter(sink.name)
+        self._count_lock = threading.Lock()
 
     def offer(self, record: Any) -> None:
-        self.stats.offered += 1
         try:
             self.sink.emit(record)
-            self.stats.delivered += 1
         except Exception as exc:
-            self.stats.errors += 1
+            with self._count_lock:
+                self.stats.offered += 1
+                self.stats.errors += 1
             self._errors.report(exc)
+            return
+        with self._count_lock:
+            self.stats.offered += 1
+            self.stats.delivered += 1
+        if self._errors._in_burst:
+            self._errors.succeeded()
 
     def flush(self, timeout: float) -> bool:
         return _safe_flush(self.sink, timeout, self._errors)
@@ -127,7 +171,11 @@ class _Delivery:
 
 
 class _QueuedDelivery(_Delivery):
-    """A bounded queue and a daemon thread in front of a slow sink."""
+    """A bounded queue and a daemon thread in front of a slow sink.
+
+    Producers count and append under a lock; the delivery thread and ``close`` take records
+    out with ``popleft`` (atomic), so each record is delivered, failed or dropped exactly once.
+    """
 
     def __init__(self, sink: Sink, queue_size: int) -> None:
         super().__init__(sink)
@@ -137,45 +185,47 @@ class _QueuedDelivery(_Delivery):
         self._progress = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
 
     def offer(self, record: Any) -> None:
-        stats = self.stats
-        stats.offered += 1
-        if self._closing or len(self._queue) >= self._queue_size:
-            stats.dropped += 1
-            return
-        self._queue.append(record)
-        if self._thread is None:
-            self._start()
+        queue, stats = self._queue, self.stats
+        with self._count_lock:
+            stats.offered += 1
+            if self._closing or len(queue) >= self._queue_size:
+                stats.dropped += 1
+                return
+            queue.append(record)
+            if self._thread is None:
+                self._start()
         if not self._wake.is_set():
             self._wake.set()
 
     def _start(self) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                t = threading.Thread(
-                    target=self._run, name=f"elastiscope-sink-{self.sink.name}", daemon=True
-                )
-                t.start()
-                self._thread = t
+        t = threading.Thread(target=self._run, name=f"elastiscope-sink-{self.sink.name}", daemon=True)
+        t.start()
+        self._thread = t
 
     def _run(self) -> None:
-        queue, stats, sink = self._queue, self.stats, self.sink
+        queue, stats, sink, errors = self._queue, self.stats, self.sink, self._errors
         while True:
             self._wake.wait()
             self._wake.clear()
-            while queue:
-                record = queue.popleft()
+            while True:
+                try:
+                    record = queue.popleft()
+                except IndexError:
+                    break
                 try:
                     sink.emit(record)
-                    stats.delivered += 1
                 except Exception as exc:
-                    stats.errors += 1
-                    self._errors.report(exc)
+                    stats.errors += 1  # only this thread writes delivered/errors
+                    errors.report(exc)
+                    continue
+                stats.delivered += 1
+                if errors._in_burst:
+                    errors.succeeded()
             with self._progress:
                 self._progress.notify_all()
-            if self._closing and not queue:
+            if self._closing:
                 return
 
     def _drained(self) -> bool:
@@ -184,21 +234,44 @@ class _QueuedDelivery(_Delivery):
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
             self._wake.set()
             with self._progress:
                 while not self._drained():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
+                    # A bounded wait: the notify may have fired between our check and this wait.
                     self._progress.wait(min(remaining, 0.05))
-                    self._wake.set()
         return _safe_flush(self.sink, max(0.0, deadline - time.monotonic()), self._errors)
 
     def close(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
         ok = self.flush(timeout)
-        self._closing = True
+        with self._count_lock:
+            self._closing = True
+        # Whatever the deadline left in the queue will never be delivered: count it as dropped.
+        abandoned = 0
+        while True:
+            try:
+                self._queue.popleft()
+            except IndexError:
+                break
+            abandoned += 1
+        if abandoned:
+            with self._count_lock:
+                self.stats.dropped += abandoned
+            _log_quietly(
+                logging.WARNING, "telemetry sink %r: %d record(s) not delivered before the deadline",
+                self.sink.name, abandoned,
+            )
         self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                # Stuck inside emit: closing the sink under its feet could corrupt its output.
+                return False
         _safe_close(self.sink, self._errors)
         return ok
 
@@ -220,7 +293,8 @@ def _safe_close(sink: Sink, errors: _ErrorReporter) -> None:
 
 # Destination names accepted by ``record(event, destination)``: torch's event handler names
 # and ours. Each maps to a factory for the extra sink that destination adds (None: no extra
-# output). Every event reaches the configured sinks whatever its destination.
+# output). Every event reaches the configured sinks whatever its destination; the full
+# meaning of each name is in docs/reference.md.
 def _console_destination() -> Sink:
     from telemetry.sinks.console import ConsoleEventSink
 
@@ -247,14 +321,22 @@ def register_destination(name: str, factory: Callable[[], Sink] | None) -> None:
 
 
 class Pipeline:
-    """Fans every record out to its sinks. ``publish`` never raises and never blocks."""
+    """Fans every record out to its sinks. ``publish`` never raises and never blocks.
+
+    ``stamp`` (optional) is called with each event before delivery; the tracing integration
+    uses it to add the current trace_id/span_id to the event's metadata.
+    """
 
     def __init__(self, sinks: Iterable[Sink] = (), queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
         self._lock = threading.Lock()
         self._deliveries: tuple[_Delivery, ...] = ()
+        # Precomputed per record type so the hot path does no per-sink type checks.
+        self._for_events: tuple[_Delivery, ...] = ()
+        self._for_metrics: tuple[_Delivery, ...] = ()
         self._destinations: dict[str, _Delivery | None] = {}
         self._unknown_destinations: set[str] = set()
         self.queue_size = queue_size
+        self.stamp: Callable[[Event], None] | None = None
         self.closed = False
         for sink in sinks:
             self.add_sink(sink)
@@ -263,15 +345,20 @@ class Pipeline:
     def add_sink(self, sink: Sink, queue_size: int | None = None) -> Sink:
         delivery = self._make_delivery(sink, queue_size)
         with self._lock:
-            self._deliveries = self._deliveries + (delivery,)
+            self._set_deliveries(self._deliveries + (delivery,))
         return sink
 
     def remove_sink(self, sink: Sink | str, timeout: float = 5.0) -> None:
         with self._lock:
             gone = [d for d in self._deliveries if d.sink is sink or d.sink.name == sink]
-            self._deliveries = tuple(d for d in self._deliveries if d not in gone)
+            self._set_deliveries(tuple(d for d in self._deliveries if d not in gone))
         for d in gone:
             d.close(timeout)
+
+    def _set_deliveries(self, deliveries: tuple[_Delivery, ...]) -> None:
+        self._deliveries = deliveries
+        self._for_events = tuple(d for d in deliveries if d.sink.events)
+        self._for_metrics = tuple(d for d in deliveries if d.sink.metrics)
 
     def sinks(self) -> list[Sink]:
         return [d.sink for d in self._deliveries]
@@ -285,7 +372,7 @@ class Pipeline:
     def stats(self) -> dict[str, dict[str, int]]:
         """Per-sink counters (offered, delivered, dropped, errors), destinations included."""
         out = {d.sink.name: d.stats.as_dict() for d in self._deliveries}
-        for d in self._destinations.values():
+        for d in list(self._destinations.values()):
             if d is not None:
                 out.setdefault(d.sink.name, d.stats.as_dict())
         return out
@@ -293,14 +380,23 @@ class Pipeline:
     def _make_delivery(self, sink: Sink, queue_size: int | None) -> _Delivery:
         if sink.synchronous:
             return _Delivery(sink)
-        return _QueuedDelivery(sink, queue_size or self.queue_size)
+        return _QueuedDelivery(sink, queue_size or sink.queue_size or self.queue_size)
 
     # -- the hot path --------------------------------------------------------------------
     def publish(self, record: Event | MetricPoint, destination: str | None = None) -> None:
         try:
-            for delivery in self._deliveries:
-                if delivery.sink.wants(record):
+            if type(record) is MetricPoint:
+                for delivery in self._for_metrics:
                     delivery.offer(record)
+                return
+            if isinstance(record, Event):
+                if self.stamp is not None:
+                    self.stamp(record)
+                deliveries = self._for_events
+            else:
+                deliveries = tuple(d for d in self._deliveries if d.sink.wants(record))
+            for delivery in deliveries:
+                delivery.offer(record)
             if destination is not None and destination != "null":
                 extra = self._destination(destination)
                 if extra is not None:
@@ -328,7 +424,7 @@ class Pipeline:
 
     # -- shutdown ------------------------------------------------------------------------
     def _all_deliveries(self) -> list[_Delivery]:
-        return list(self._deliveries) + [d for d in self._destinations.values() if d is not None]
+        return list(self._deliveries) + [d for d in list(self._destinations.values()) if d is not None]
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Deliver everything published so far, waiting at most ``timeout`` seconds in all."""
@@ -339,13 +435,22 @@ class Pipeline:
         return ok
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Flush with a deadline, then close every sink. Later records are dropped and counted."""
-        if self.closed:
-            return True
-        self.closed = True
+        """Flush with a deadline, then close every sink. Later records are dropped and counted.
+
+        The deadline is shared: queued sinks drain in parallel (each has its own thread), so
+        one slow sink does not eat the others' time before they were even asked.
+        """
+        with self._lock:
+            if self.closed:
+                return True
+            self.closed = True
         deadline = time.monotonic() + timeout
+        deliveries = self._all_deliveries()
+        for d in deliveries:
+            if isinstance(d, _QueuedDelivery):
+                d._wake.set()
         ok = True
-        for d in self._all_deliveries():
+        for d in deliveries:
             ok = d.close(max(0.0, deadline - time.monotonic())) and ok
         return ok
 
@@ -384,7 +489,65 @@ def set_pipeline(pipeline: Pipeline | None) -> Pipeline | None:
     return previous
 
 
-def _close_at_exit() -> None:
+_exit_callbacks: list[Callable[[float], None]] = []
+
+
+def on_exit(callback: Callable[[float], None]) -> None:
+    """Run ``callback(timeout)`` on every exit path, after the pipeline is flushed and closed.
+
+    For resources outside the pipeline that need a last flush (the tracer provider, the
+    pushgateway). Each callback is guarded; one that raises does not stop the others.
+    """
+    if callback not in _exit_callbacks:
+        _exit_callbacks.append(callback)
+
+
+def _close_at_exit(timeout: float = EXIT_FLUSH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
     p = _pipeline
     if p is not None:
-        p.close(timeout=5.0)
+        try:
+            p.close(timeout=timeout)
+        except Exception:
+            pass
+    for callback in list(_exit_callbacks):
+        try:
+            callback(max(0.0, deadline - time.monotonic()))
+        except Exception:
+            pass
+
+
+# -- signals ---------------------------------------------------------------------------------
+# A process killed by SIGTERM's default action runs no atexit hooks, so queued records would
+# be lost. Where SIGTERM still has its default action we install a handler that flushes and
+# then dies by the same signal (the exit status stays "killed by SIGTERM"). SIGINT needs
+# nothing: Python's default handler raises KeyboardInterrupt and the unwinding runs atexit.
+# Handlers that others installed (torch's agent raises SignalException) are left alone:
+# they unwind the stack too, and atexit flushes.
+_handled_signals: set[int] = set()
+
+
+def _flush_then_die(signum: int, frame: Any) -> None:
+    _close_at_exit()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def install_exit_handlers() -> list[str]:
+    """Flush-on-exit for SIGTERM (and SIGINT if it was set to the default action).
+
+    Returns the signals handled. Only possible from the main thread; elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            current = signal.getsignal(sig)
+            if current is signal.SIG_DFL or sig in _handled_signals and current is _flush_then_die:
+                signal.signal(sig, _flush_then_die)
+                _handled_signals.add(sig)
+                installed.append(sig.name)
+        except (ValueError, OSError):  # not the main interpreter, or an exotic platform
+            pass
+    return installed

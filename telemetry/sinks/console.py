@@ -40,3 +40,50 @@ class LoggingEventSink(Sink):
 
     def emit(self, record: Event) -> None:
         self._logger.info(record.serialize())
+
+
+class LogContextSink(Sink):
+    """Keeps the identity on the agent's log lines current: run id and role from the run's
+    start, group rank from each completed rendezvous. Synchronous: a dict lookup per event."""
+
+    name = "log_context"
+    synchronous = True
+    metrics = False
+
+    _KEYS = {
+        "elastiscope.agent.run_start": ("run_id", "role", "group_rank"),
+        "elastiscope.rendezvous.complete": ("run_id", "role", "group_rank"),
+    }
+
+    def emit(self, record: Event) -> None:
+        keys = self._KEYS.get(record.name)
+        if keys is None:
+            return
+        from telemetry.logs import bind
+
+        md = record.metadata
+        bind(**{k: md[k] for k in keys if md.get(k) is not None})
+
+
+class StructlogEventSink(Sink):
+    """Prints events through the structlog console (``console_events``): one line per event,
+    its metadata as key-value pairs (console) or JSON fields (json)."""
+
+    name = "console_events"
+    metrics = False
+
+    def __init__(self, logger_name: str = "elastiscope.events") -> None:
+        self._logger = logging.getLogger(logger_name)
+
+    def emit(self, record: Event) -> None:
+        extra = {
+            ("event_" + k if k in _RESERVED_LOG_KEYS else k): v for k, v in record.metadata.items()
+        }
+        extra["source"] = getattr(record.source, "value", record.source)
+        self._logger.info(record.name, extra=extra)
+
+
+# LogRecord attributes an ``extra`` key may not overwrite, plus keys structlog sets itself.
+_RESERVED_LOG_KEYS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
+) | {"message", "asctime", "event", "level", "logger", "timestamp"}

@@ -1,0 +1,41 @@
+"""Pushgateway sink: pushes the Prometheus registry when a run ends, and once more on close.
+
+For jobs that end before Prometheus would scrape them. Queued (a push is an HTTP request); a
+failed push is counted as a sink error and logged once per burst like any sink failure.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from telemetry.events import Event
+from telemetry.pipeline import Sink
+
+__all__ = ["PushgatewaySink"]
+
+
+class PushgatewaySink(Sink):
+    name = "pushgateway"
+    metrics = False
+    # A push replaces the whole group, so only the latest matters: a short queue is plenty.
+    queue_size = 64
+
+    def __init__(self, url: str, job: str = "elastiscope", run_id: str | None = None,
+                 timeout: float = 5.0) -> None:
+        self.url = url
+        self.job = job
+        self.timeout = timeout
+        # One group per host: nodes of one job do not overwrite each other's series.
+        self.grouping_key = {"instance": socket.gethostname()}
+
+    def _push(self) -> None:
+        from telemetry import metrics
+
+        metrics.push(self.url, job=self.job, grouping_key=self.grouping_key, timeout=self.timeout)
+
+    def emit(self, record: Event) -> None:
+        if record.name == "elastiscope.agent.run_end":
+            self._push()
+
+    def close(self) -> None:
+        self._push()

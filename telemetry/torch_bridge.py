@@ -1,0 +1,159 @@
+"""Bridges torch's own telemetry into the pipeline.
+
+Two taps, both installed by ``install()`` and removed by ``uninstall()``:
+
+* torch's metric handler (``torch.distributed.elastic.metrics.configure``): every
+  ``put_metric`` made through torch (its ``@prof`` timings of the agent's steps, and anything
+  else torch or the user publishes) becomes a ``MetricPoint``. A handler the user configured
+  before keeps receiving every data point: ours forwards to it.
+* torch's rendezvous event logger (the ``dynamic_rendezvous`` destination of
+  ``torch.distributed.elastic.events``): each ``RdzvEvent`` the c10d/etcd rendezvous records
+  becomes an event named ``elastiscope.rendezvous.<torch's name>`` with the RdzvEvent's fields
+  as metadata. torch only builds these events when that destination has a real handler, so
+  until ``install()`` they cost nothing.
+
+torch is imported here, and only when ``install()`` runs. This module never imports the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from telemetry.events import Event, EventSource, now_ms
+from telemetry.records import MetricPoint
+
+__all__ = ["install", "uninstall", "installed", "rendezvous_event", "RDZV_EVENT_PREFIX"]
+
+RDZV_EVENT_PREFIX = "elastiscope.rendezvous."
+_RDZV_DESTINATION = "dynamic_rendezvous"
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def _publish(record: Any) -> None:
+    from telemetry.pipeline import get_pipeline
+
+    get_pipeline().publish(record)
+
+
+def _metric_handler_class():
+    from torch.distributed.elastic.metrics.api import MetricHandler
+
+    class PipelineMetricHandler(MetricHandler):
+        """Publishes torch's metric data into the pipeline, then hands it to the previous handler."""
+
+        def __init__(self, previous: Any = None) -> None:
+            self.previous = previous
+
+        def emit(self, metric_data) -> None:
+            try:
+                _publish(MetricPoint(metric_data.timestamp, metric_data.group_name,
+                                     metric_data.name, metric_data.value))
+            except Exception:
+                pass
+            if self.previous is not None:
+                self.previous.emit(metric_data)
+
+    return PipelineMetricHandler
+
+
+def rendezvous_event(rdzv_event: Any) -> Event:
+    """Our event for one torch ``RdzvEvent`` (or its JSON)."""
+    if isinstance(rdzv_event, (str, bytes)):
+        fields = json.loads(rdzv_event)
+    else:
+        from dataclasses import asdict
+
+        fields = asdict(rdzv_event)
+    torch_name = str(fields.pop("name", "") or "unknown")
+    # torch names its events "<file>:<Class>.<method>"; the file adds nothing for readers.
+    short = torch_name.split(":", 1)[-1]
+    node_state = fields.get("node_state")
+    fields["node_state"] = getattr(node_state, "name", node_state)
+    metadata = {k: (v if v is None or isinstance(v, (str, int, float, bool)) else str(v))
+                for k, v in fields.items()}
+    metadata["torch_event"] = torch_name
+    return Event(RDZV_EVENT_PREFIX + short, EventSource.AGENT, now_ms(), metadata)
+
+
+class _RendezvousLogHandler(logging.Handler):
+    """Receives the JSON torch logs for each RdzvEvent; forwards to the handler it replaced."""
+
+    def __init__(self, previous: logging.Handler | None) -> None:
+        super().__init__()
+        self.previous = previous
+
+    def emit(self, log_record: logging.LogRecord) -> None:
+        try:
+            _publish(rendezvous_event(log_record.getMessage()))
+        except Exception:
+            pass
+        previous = self.previous
+        if previous is not None and not isinstance(previous, logging.NullHandler):
+            previous.handle(log_record)
+
+
+def install() -> bool:
+    """Tap torch's metric handler and rendezvous events. Idempotent; False if torch is missing."""
+    with _lock:
+        if _state:
+            return True
+        try:
+            import torch.distributed.elastic.events as torch_events
+            import torch.distributed.elastic.events.handlers as torch_handlers
+            import torch.distributed.elastic.metrics.api as torch_metrics
+        except Exception:
+            return False
+
+        handler_class = _metric_handler_class()
+        previous_default = torch_metrics._default_metrics_handler
+        previous_groups = dict(torch_metrics._metrics_map)
+        torch_metrics.configure(handler_class(previous_default))
+        for group, handler in previous_groups.items():
+            torch_metrics.configure(handler_class(handler), group)
+
+        previous_rdzv = torch_handlers._log_handlers.get(_RDZV_DESTINATION)
+        rdzv_handler = _RendezvousLogHandler(previous_rdzv)
+        torch_handlers._log_handlers[_RDZV_DESTINATION] = rdzv_handler
+        # torch caches one logger per destination with the handler of its creation time.
+        cached_logger = torch_events._events_loggers.get(_RDZV_DESTINATION)
+        if cached_logger is not None:
+            cached_logger.addHandler(rdzv_handler)
+
+        _state.update(
+            metrics=torch_metrics, handlers=torch_handlers, events=torch_events,
+            previous_default=previous_default, previous_groups=previous_groups,
+            previous_rdzv=previous_rdzv, rdzv_handler=rdzv_handler,
+        )
+        return True
+
+
+def uninstall() -> None:
+    """Put back the handlers ``install()`` found (unless someone replaced ours since)."""
+    with _lock:
+        if not _state:
+            return
+        torch_metrics = _state["metrics"]
+        handler_class_name = "PipelineMetricHandler"
+        if type(torch_metrics._default_metrics_handler).__name__ == handler_class_name:
+            torch_metrics.configure(_state["previous_default"])
+        for group, handler in _state["previous_groups"].items():
+            if type(torch_metrics._metrics_map.get(group)).__name__ == handler_class_name:
+                torch_metrics.configure(handler, group)
+        rdzv_handler = _state["rdzv_handler"]
+        handlers = _state["handlers"]
+        if handlers._log_handlers.get(_RDZV_DESTINATION) is rdzv_handler:
+            if _state["previous_rdzv"] is not None:
+                handlers._log_handlers[_RDZV_DESTINATION] = _state["previous_rdzv"]
+        cached_logger = _state["events"]._events_loggers.get(_RDZV_DESTINATION)
+        if cached_logger is not None:
+            cached_logger.removeHandler(rdzv_handler)
+        _state.clear()
+
+
+def installed() -> bool:
+    return bool(_state)
