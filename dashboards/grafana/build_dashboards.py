@@ -1,0 +1,398 @@
+"""Writes the Elastiscope Grafana dashboard(s) into dashboards/grafana/dashboards/.
+
+The JSON is generated so that panel ids, grid positions, datasource references and label
+filters stay consistent; edit this file and run it (`python dashboards/grafana/build_dashboards.py`),
+then commit both. tests/test_dashboards.py fails when the committed JSON and this file disagree.
+
+Every query filters on the dashboard variables job, instance and role. run_id lives only on
+``elastiscope_agent_info`` (Prometheus convention: identity on an info series), so the run
+variable narrows the instances rather than filtering series itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+OUT_DIR = Path(__file__).resolve().parent / "dashboards"
+
+# Grafana 10.3 - 11.2 write dashboards at schema version 39; the compose stack pins 11.2.
+SCHEMA_VERSION = 39
+DATASOURCE_UID = "elastiscope-prometheus"  # provisioning/datasources/elastiscope.yml
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+AGENT = 'job=~"$job", instance=~"$instance", role=~"$role"'
+TELEMETRY = 'job=~"$job", instance=~"$instance"'  # telemetry's own series carry no role
+
+STATE_CODES = ("UNKNOWN", "INIT", "HEALTHY", "UNHEALTHY", "STOPPED", "SUCCEEDED", "FAILED")
+STATE_COLORS = ("text", "blue", "green", "orange", "yellow", "dark-green", "red")
+
+
+# -- queries --------------------------------------------------------------------------------
+
+def target(expr: str, legend: str = "__auto", ref: str = "A", instant: bool = False) -> dict:
+    return {
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "expr": expr,
+        "instant": instant,
+        "legendFormat": legend,
+        "range": not instant,
+        "refId": ref,
+    }
+
+
+def table_target(expr: str) -> dict:
+    """An instant query whose labels become table columns."""
+    return {**target(expr, "", instant=True), "format": "table"}
+
+
+def targets(*specs: tuple[str, str], instant: bool = False) -> list[dict]:
+    """(expr, legend) pairs as targets A, B, C..."""
+    return [target(expr, legend, chr(ord("A") + i), instant) for i, (expr, legend) in enumerate(specs)]
+
+
+def quantiles(histogram: str, by: str, window: str = "$__rate_interval", legend_prefix: str = "") -> list[dict]:
+    """p50/p90/p99 of a histogram over ``window``, one line per ``by`` group."""
+    specs = []
+    for q in ("0.5", "0.9", "0.99"):
+        expr = (
+            f"histogram_quantile({q}, sum by (le, {by}) "
+            f"(rate({histogram}_bucket{{{AGENT}}}[{window}])))"
+        )
+        label = " ".join(f"{{{{{name.strip()}}}}}" for name in by.split(","))
+        specs.append((expr, f"{legend_prefix}p{int(float(q) * 100)} {label}".strip()))
+    return targets(*specs)
+
+
+def state_code_expr() -> str:
+    """One series per agent whose value is the index of its worker group state in STATE_CODES.
+
+    The state gauge is 1 for the current state and 0 for the others, so weighting each state's
+    series by its index and summing leaves exactly the current state's index.
+    """
+    terms = [
+        f'{code} * elastiscope_worker_group_state{{{AGENT}, state="{state}"}}'
+        for code, state in enumerate(STATE_CODES)
+    ]
+    return "sum by (instance, role) (\n  " + "\n  or ".join(terms) + "\n)"
+
+
+# -- panels ---------------------------------------------------------------------------------
+
+def panel(kind: str, title: str, description: str, panel_targets: list[dict], *,
+          unit: str | None = None, options: dict | None = None, defaults: dict | None = None) -> dict:
+    field_defaults = dict(defaults or {})
+    if unit:
+        field_defaults["unit"] = unit
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "fieldConfig": {"defaults": field_defaults, "overrides": []},
+        "options": options or {},
+        "targets": panel_targets,
+    }
+
+
+def timeseries(title: str, description: str, panel_targets: list[dict], unit: str = "short",
+               bars: bool = False, min_zero: bool = True) -> dict:
+    custom = {"drawStyle": "bars" if bars else "line", "fillOpacity": 60 if bars else 10,
+              "lineWidth": 1, "showPoints": "never", "spanNulls": False}
+    defaults = {"custom": custom}
+    if min_zero:
+        defaults["min"] = 0
+    return panel("timeseries", title, description, panel_targets, unit=unit, defaults=defaults,
+                 options={"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                          "tooltip": {"mode": "multi", "sort": "desc"}})
+
+
+def stat(title: str, description: str, panel_targets: list[dict], unit: str = "short",
+         thresholds: list[tuple[float | None, str]] = ((None, "green"),)) -> dict:
+    return panel("stat", title, description, panel_targets, unit=unit,
+                 defaults={"thresholds": _thresholds(thresholds), "color": {"mode": "thresholds"}},
+                 options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                          "colorMode": "value", "graphMode": "none", "textMode": "value_and_name",
+                          "justifyMode": "auto", "orientation": "auto"})
+
+
+def _thresholds(steps: list[tuple[float | None, str]]) -> dict:
+    return {"mode": "absolute", "steps": [{"color": color, "value": value} for value, color in steps]}
+
+
+def row(title: str) -> dict:
+    return {"type": "row", "title": title, "collapsed": False, "panels": []}
+
+
+# -- the dashboard --------------------------------------------------------------------------
+
+def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
+    """(row, [(panel, width, height)]) in display order; positions are assigned by ``layout``."""
+    job = (row("Job overview"), [
+        (panel("state-timeline", "Worker group state",
+               "State of each agent's worker group over time (UNKNOWN, INIT, HEALTHY, UNHEALTHY, "
+               "STOPPED while restarting, SUCCEEDED, FAILED).",
+               targets((state_code_expr(), "{{instance}} {{role}}")),
+               defaults={"mappings": [{"type": "value", "options": {
+                   str(code): {"text": state, "color": STATE_COLORS[code], "index": code}
+                   for code, state in enumerate(STATE_CODES)}}],
+                   "color": {"mode": "thresholds"}, "thresholds": _thresholds([(None, "text")])},
+               options={"showValue": "auto", "mergeValues": True, "rowHeight": 0.8,
+                        "legend": {"showLegend": False}}), 24, 6),
+        (stat("Restarts (latest run)", "Restarts of the worker group in each role's latest run, by reason.",
+              targets((f"max by (role, reason) (elastiscope_restarts_total{{{AGENT}}})", "{{role}} {{reason}}")),
+              thresholds=[(None, "green"), (1, "yellow"), (3, "red")]), 6, 5),
+        (stat("Remaining restarts", "Restarts still available for failures, and the budget the run started with.",
+              targets((f"min by (role) (elastiscope_remaining_restarts{{{AGENT}}})", "{{role}} left"),
+                      (f"max by (role) (elastiscope_max_restarts{{{AGENT}}})", "{{role}} max"))), 6, 5),
+        (panel("gauge", "Flakiness",
+               "Share of the restart budget the last run used (torchelastic's flakiness): 0 needed no "
+               "restart, 100 failed.",
+               targets((f"max by (role) (elastiscope_flakiness_percent{{{AGENT}}})", "{{role}}")),
+               unit="percent",
+               defaults={"min": 0, "max": 100,
+                         "thresholds": _thresholds([(None, "green"), (25, "yellow"), (50, "red")])},
+               options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "showThresholdMarkers": True}), 6, 5),
+        (stat("World size", "Workers in the job (all nodes) and agents (nodes) after the last rendezvous.",
+              targets((f"max by (role) (elastiscope_world_size{{{AGENT}}})", "{{role}} workers"),
+                      (f"max by (role) (elastiscope_group_world_size{{{AGENT}}})", "{{role}} nodes"))), 6, 5),
+        (timeseries("World size over time", "Workers and nodes after each rendezvous; steps show "
+                    "membership changes.",
+                    targets((f"max by (role) (elastiscope_world_size{{{AGENT}}})", "{{role}} workers"),
+                            (f"max by (role) (elastiscope_group_world_size{{{AGENT}}})", "{{role}} nodes"))),
+         12, 7),
+        (timeseries("Restarts", "Worker group restarts per interval, by reason.",
+                    targets((f"sum by (instance, role, reason) "
+                             f"(increase(elastiscope_restarts_total{{{AGENT}}}[$__rate_interval]))",
+                             "{{instance}} {{role}} {{reason}}")), bars=True), 12, 7),
+        (panel("bargauge", "Runs by outcome",
+               "Finished runs in the selected range, by outcome and whether restarts were spent.",
+               targets((f"sum by (role, outcome, retried) "
+                        f"(max_over_time(elastiscope_runs_total{{{AGENT}}}[$__range]))",
+                        "{{role}} {{outcome}} (retried={{retried}})"), instant=True),
+               defaults={"thresholds": _thresholds([(None, "blue")]), "min": 0},
+               options={"displayMode": "basic", "orientation": "horizontal",
+                        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}), 8, 7),
+        (panel("table", "Agents",
+               "One row per agent seen in the range: its run id, host, rendezvous backend and version.",
+               [table_target(f"max by (instance, role, run_id, hostname, rdzv_backend, version) "
+                             f"(last_over_time(elastiscope_agent_info{{{AGENT}}}[$__range]))")],
+               options={"showHeader": True, "cellHeight": "sm"}), 10, 7),
+        (stat("Group rank", "Each agent's rank among the nodes after the last rendezvous.",
+              targets((f"max by (instance, role) (elastiscope_group_rank{{{AGENT}}})", "{{instance}} {{role}}")),
+              thresholds=[(None, "blue")]), 6, 7),
+    ])
+
+    failures = (row("Failures"), [
+        (timeseries("Worker failures by local rank", "Worker processes that failed, per interval, by local rank.",
+                    targets((f"sum by (instance, role, local_rank) "
+                             f"(increase(elastiscope_worker_failures_total{{{AGENT}}}[$__rate_interval]))",
+                             "{{instance}} {{role}} rank {{local_rank}}")), bars=True), 12, 8),
+        (panel("table", "Failures by exit code and signal",
+               "Worker failures in the latest run of each agent: exit code for a normal exit, signal "
+               "name for a killed worker (the other column is empty).",
+               [table_target(f"sum by (instance, role, local_rank, exit_code, signal) "
+                             f"(max_over_time(elastiscope_worker_failures_total{{{AGENT}}}[$__range]))")],
+               options={"showHeader": True, "cellHeight": "sm",
+                        "sortBy": [{"displayName": "Value", "desc": True}]}), 6, 8),
+        (panel("piechart", "Restart reasons",
+               "Why the worker group restarted in the range: a worker failure, or nodes joining or "
+               "leaving (membership).",
+               targets((f"sum by (reason) (max_over_time(elastiscope_restarts_total{{{AGENT}}}[$__range]))",
+                        "{{reason}}"), instant=True),
+               options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "pieType": "donut", "legend": {"displayMode": "table", "placement": "right",
+                                                       "showLegend": True, "values": ["value"]}}), 6, 8),
+        (timeseries("Failure detection latency", "Time from a worker's exit to the agent acting on it.",
+                    quantiles("elastiscope_failure_detection_seconds", "role"), unit="s"), 24, 7),
+    ])
+
+    durations = (row("Rendezvous and restarts"), [
+        (timeseries("Rendezvous duration", "Time each rendezvous round took (waiting for peers included).",
+                    quantiles("elastiscope_rendezvous_duration_seconds", "role"), unit="s"), 12, 8),
+        (timeseries("Restart duration", "From the decision to restart until the worker group is HEALTHY again.",
+                    quantiles("elastiscope_restart_duration_seconds", "role, reason"), unit="s"), 12, 8),
+        (timeseries("Rank assignment duration", "Time spent assigning ranks after a rendezvous.",
+                    quantiles("elastiscope_rank_assignment_duration_seconds", "role"), unit="s"), 8, 8),
+        (timeseries("Worker start duration", "Time to start the worker processes.",
+                    quantiles("elastiscope_worker_start_duration_seconds", "role"), unit="s"), 8, 8),
+        (timeseries("Worker stop duration", "Time to stop the worker processes (before a restart, at the end).",
+                    quantiles("elastiscope_worker_stop_duration_seconds", "role"), unit="s"), 8, 8),
+        (panel("bargauge", "p90 over the range",
+               "90th percentile of each step over the whole selected range.",
+               targets(*[(f"histogram_quantile(0.9, sum by (le) "
+                          f"(increase({name}_bucket{{{AGENT}}}[$__range])))", label)
+                         for name, label in (
+                             ("elastiscope_rendezvous_duration_seconds", "rendezvous"),
+                             ("elastiscope_rank_assignment_duration_seconds", "rank assignment"),
+                             ("elastiscope_worker_start_duration_seconds", "worker start"),
+                             ("elastiscope_worker_stop_duration_seconds", "worker stop"),
+                             ("elastiscope_restart_duration_seconds", "restart"),
+                             ("elastiscope_failure_detection_seconds", "failure detection"))],
+                       instant=True),
+               unit="s",
+               defaults={"thresholds": _thresholds([(None, "blue")]), "min": 0},
+               options={"displayMode": "gradient", "orientation": "horizontal",
+                        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}), 24, 7),
+    ])
+
+    workers = (row("Workers"), [
+        (timeseries("Worker CPU", "CPU used by each worker process, in cores (1 = one core busy).",
+                    targets((f"sum by (instance, role, local_rank) "
+                             f"(rate(elastiscope_worker_cpu_seconds_total{{{AGENT}}}[$__rate_interval]))",
+                             "{{instance}} {{role}} rank {{local_rank}}"))), 12, 8),
+        (timeseries("Worker resident memory", "Resident set size of each worker process.",
+                    targets((f"sum by (instance, role, local_rank) "
+                             f"(elastiscope_worker_resident_memory_bytes{{{AGENT}}})",
+                             "{{instance}} {{role}} rank {{local_rank}}")), unit="bytes"), 12, 8),
+    ])
+
+    telemetry = (row("Telemetry health"), [
+        (timeseries("Dropped records", "Records a sink never received (queue full, or exit came first), per second.",
+                    targets((f"sum by (instance, sink) "
+                             f"(rate(elastiscope_telemetry_dropped_total{{{TELEMETRY}}}[$__rate_interval]))",
+                             "{{instance}} {{sink}}"))), 8, 7),
+        (timeseries("Sink errors", "Records whose delivery raised inside a sink, per second.",
+                    targets((f"sum by (instance, sink) "
+                             f"(rate(elastiscope_telemetry_sink_errors_total{{{TELEMETRY}}}[$__rate_interval]))",
+                             "{{instance}} {{sink}}"))), 8, 7),
+        (stat("Scrape health", "1 when Prometheus' last scrape of the agent succeeded.",
+              targets((f"up{{{TELEMETRY}}}", "{{instance}}")),
+              thresholds=[(None, "red"), (1, "green")]), 8, 7),
+        (timeseries("Events", "Events published per second, by kind.",
+                    targets((f"sum by (name) (rate(elastiscope_events_total{{{TELEMETRY}}}[$__rate_interval]))",
+                             "{{name}}"))), 16, 8),
+        (panel("table", "Other torchelastic metrics",
+               "Last value of every put_metric name without a series of its own (torch's profiling "
+               "metrics, custom names).",
+               [table_target(f"max by (instance, group, name) "
+                             f"(last_over_time(elastiscope_torchelastic_metric{{{TELEMETRY}}}[$__range]))")],
+               options={"showHeader": True, "cellHeight": "sm"}), 8, 8),
+    ])
+    return [job, failures, durations, workers, telemetry]
+
+
+def layout(rows: list[tuple[dict, list[tuple[dict, int, int]]]]) -> list[dict]:
+    """Flatten rows into Grafana's panel list with ids and non-overlapping 24-column grid positions."""
+    panels, next_id, y = [], 1, 0
+    for row_panel, members in rows:
+        panels.append({**row_panel, "id": next_id, "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
+        next_id, y = next_id + 1, y + 1
+        x, line_height = 0, 0
+        for member, width, height in members:
+            if x + width > 24:
+                x, y, line_height = 0, y + line_height, 0
+            panels.append({**member, "id": next_id, "gridPos": {"h": height, "w": width, "x": x, "y": y}})
+            next_id, x, line_height = next_id + 1, x + width, max(line_height, height)
+        y += line_height
+    return panels
+
+
+def query_variable(name: str, label: str, selector: str, description: str) -> dict:
+    definition = f"label_values({selector}, {label})"
+    return {
+        "type": "query",
+        "name": name,
+        "label": name.capitalize(),
+        "description": description,
+        "datasource": DATASOURCE,
+        "definition": definition,
+        "query": {"query": definition, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "refresh": 2,  # on time range change: short runs come and go
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "sort": 1,
+        "regex": "",
+        "hide": 0,
+    }
+
+
+def overview_dashboard() -> dict:
+    variables = [
+        {
+            "type": "datasource",
+            "name": "datasource",
+            "label": "Data source",
+            "query": "prometheus",
+            "current": {"selected": False, "text": "Prometheus", "value": DATASOURCE_UID},
+            "options": [],
+            "refresh": 1,
+            "regex": "",
+            "hide": 0,
+        },
+        query_variable("job", "job", "elastiscope_agent_info", "Prometheus job the agents are scraped under."),
+        query_variable("run", "run_id", 'elastiscope_agent_info{job=~"$job"}',
+                       "Elastiscope run id; selects the instances that ran it."),
+        query_variable("instance", "instance", 'elastiscope_agent_info{job=~"$job", run_id=~"$run"}',
+                       "Agent endpoint (one per node)."),
+        query_variable("role", "role", 'elastiscope_agent_info{job=~"$job", instance=~"$instance"}',
+                       "Worker role (WorkerSpec.role)."),
+    ]
+    restart_annotation = {
+        "name": "Restarts",
+        "datasource": DATASOURCE,
+        "enable": True,
+        "iconColor": "orange",
+        "expr": (f"sum by (instance, role, reason) "
+                 f"(increase(elastiscope_restarts_total{{{AGENT}}}[$__rate_interval])) > 0"),
+        "step": "15s",
+        "titleFormat": "Restart ({{reason}})",
+        "textFormat": "{{instance}} {{role}}",
+        "useValueForTime": False,
+    }
+    builtin_annotation = {
+        "builtIn": 1,
+        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+        "enable": True,
+        "hide": True,
+        "iconColor": "rgba(0, 211, 255, 1)",
+        "name": "Annotations & Alerts",
+        "type": "dashboard",
+    }
+    return {
+        "uid": "elastiscope-overview",
+        "title": "Elastiscope",
+        "description": "Elastic PyTorch jobs run by Elastiscope: state, restarts, failures, "
+                       "rendezvous and restart latency, worker resources, telemetry health.",
+        "tags": ["elastiscope", "pytorch", "torchelastic"],
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "liveNow": False,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timepicker": {},
+        "timezone": "browser",
+        "fiscalYearStartMonth": 0,
+        "weekStart": "",
+        "links": [],
+        "annotations": {"list": [builtin_annotation, restart_annotation]},
+        "templating": {"list": variables},
+        "panels": layout(overview_rows()),
+    }
+
+
+DASHBOARDS = {"elastiscope-overview.json": overview_dashboard}
+
+
+def render(build) -> str:
+    return json.dumps(build(), indent=2, sort_keys=False) + "\n"
+
+
+def main() -> int:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for file_name, build in DASHBOARDS.items():
+        (OUT_DIR / file_name).write_text(render(build))
+        print(f"wrote {OUT_DIR / file_name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
