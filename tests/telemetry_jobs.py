@@ -7,6 +7,7 @@ torchelastic environment plus TRACEPARENT, like the local agent's workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -123,21 +124,29 @@ def run_job(fail_attempts: int = 0, max_restarts: int = 1, code: str = FLAKY_WOR
                 pass
 
 
-@pytest.fixture
-def isolated_telemetry():
-    """A fresh default pipeline for the test; afterwards everything configure() touched is put back."""
+@contextlib.contextmanager
+def telemetry_isolation():
+    """A fresh default pipeline inside; afterwards everything configure() touched is put back."""
     previous = set_pipeline(Pipeline([MemorySink()]))
     signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    yield
     try:
-        telemetry.shutdown(timeout=2.0)
+        yield
     finally:
-        set_pipeline(previous)
-        for s, handler in signals.items():
-            signal.signal(s, handler)
-        torch_bridge.uninstall()
-        logs.unconfigure_logging()
-        logs._context.clear()
-        tracing.set_tracer_hooks(None, None)
-        if "telemetry.metrics" in sys.modules:
-            sys.modules["telemetry.metrics"].set_current(None)
+        try:
+            telemetry.shutdown(timeout=2.0)
+        finally:
+            set_pipeline(previous)
+            for s, handler in signals.items():
+                signal.signal(s, handler)
+            torch_bridge.uninstall()
+            logs.unconfigure_logging()
+            logs._context.clear()
+            tracing.set_tracer_hooks(None, None)
+            if "telemetry.metrics" in sys.modules:
+                sys.modules["telemetry.metrics"].set_current(None)
+
+
+@pytest.fixture
+def isolated_telemetry():
+    with telemetry_isolation():
+        yield

@@ -1,0 +1,126 @@
+"""docs/reference.md matches what a real run exports, both ways.
+
+A real job (c10d rendezvous on 127.0.0.1, one failed attempt, then success) runs with the
+default telemetry. Every series in its /metrics exposition and every event kind in its event
+log must be in the reference tables; every series and kind the tables list must have been
+exported, unless the table marks it conditional.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import telemetry
+from telemetry import metrics
+from telemetry_jobs import run_job, telemetry_isolation
+
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "reference.md"
+
+
+def _table(section: str, header_first_cell: str) -> list[list[str]]:
+    """Rows of the first table under ``## section`` whose header starts with ``header_first_cell``."""
+    text = REFERENCE.read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows, in_table = [], False
+    for line in body.splitlines():
+        if line.startswith(f"| {header_first_cell} |"):
+            in_table = True
+            continue
+        if in_table:
+            if not line.startswith("|"):
+                break
+            if line.startswith("|---"):
+                continue
+            rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    assert rows, f"no table under '## {section}'"
+    return rows
+
+
+def _name(cell: str) -> str:
+    m = re.fullmatch(r"`([^`]+)`", cell)
+    assert m, f"first cell is not a `name`: {cell!r}"
+    return m.group(1)
+
+
+def documented_series() -> dict[str, dict]:
+    out = {}
+    for row in _table("Metric series", "Series"):
+        name, type_, labels, presence = _name(row[0]), row[1], row[2], row[-1]
+        out[name] = {
+            "type": type_,
+            "labels": {label.strip() for label in labels.split(",") if label.strip()},
+            "conditional": presence.startswith("conditional"),
+        }
+    return out
+
+
+def documented_events() -> dict[str, bool]:
+    """Event name (or pattern with <placeholders>) -> conditional?"""
+    return {_name(row[0]): row[-1].startswith("conditional") for row in _table("Event kinds", "Name")}
+
+
+def _matches(pattern: str, name: str) -> bool:
+    regex = "".join(".+" if part.startswith("<") else re.escape(part)
+                    for part in re.split(r"(<[^>]+>)", pattern))
+    return re.fullmatch(regex, name) is not None
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    log = tmp_path_factory.mktemp("ref") / "run.jsonl"
+    with telemetry_isolation():
+        telemetry.configure(event_log=log, log_format="json", env={})
+        result = run_job(fail_attempts=1, max_restarts=1, backend="c10d", run_id="reference-run")
+        assert telemetry.get_pipeline().flush(timeout=5)
+        body, _ = metrics.exposition(None)
+        assert telemetry.shutdown(timeout=5)
+    assert result.state.value == "SUCCEEDED"
+    families = [f for f in text_string_to_metric_families(body.decode()) if f.samples]
+    exported = {}
+    for f in families:
+        name = f.name + "_total" if f.type == "counter" else f.name
+        labels = set().union(*(s.labels.keys() for s in f.samples)) - {"le"}
+        exported[name] = {"type": f.type, "labels": labels}
+    events = {json.loads(line)["name"] for line in log.read_text().splitlines()}
+    return exported, events
+
+
+def test_every_exported_series_is_documented_with_its_type_and_labels(real_run):
+    exported, _ = real_run
+    docs = documented_series()
+    undocumented = sorted(set(exported) - set(docs))
+    assert not undocumented, f"exported but not in docs/reference.md: {undocumented}"
+    for name, seen in exported.items():
+        assert seen["type"] == docs[name]["type"], name
+        assert seen["labels"] == docs[name]["labels"], name
+
+
+def test_every_unconditional_documented_series_is_exported(real_run):
+    exported, _ = real_run
+    missing = sorted(n for n, d in documented_series().items() if not d["conditional"] and n not in exported)
+    assert not missing, f"documented as always present but not exported: {missing}"
+
+
+def test_every_logged_event_kind_is_documented(real_run):
+    _, events = real_run
+    patterns = documented_events()
+    undocumented = sorted(n for n in events if not any(_matches(p, n) for p in patterns))
+    assert not undocumented, f"logged but not in docs/reference.md: {undocumented}"
+
+
+def test_every_unconditional_documented_event_kind_is_logged(real_run):
+    _, events = real_run
+    missing = sorted(p for p, conditional in documented_events().items()
+                     if not conditional and not any(_matches(p, n) for n in events))
+    assert not missing, f"documented as always present but not logged: {missing}"
+
+
+def test_reference_table_lists_exactly_the_catalogue():
+    assert set(documented_series()) == {s.name for s in metrics.CATALOGUE}
+    for s in metrics.CATALOGUE:
+        assert documented_series()[s.name]["conditional"] == (s.when is not None), s.name
