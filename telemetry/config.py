@@ -43,6 +43,9 @@ class TelemetrySettings:
     log_format: str = "auto"
     prometheus: bool = True
     otlp_endpoint: str | None = None
+    # True when the endpoint came from us (argument / ELASTISCOPE_OTLP_ENDPOINT): a base URL to
+    # which /v1/traces and /v1/logs are added. False: the OTEL_EXPORTER_OTLP_* variables rule.
+    otlp_endpoint_explicit: bool = False
     otel_console: bool = False
     pushgateway: str | None = None
     run_id: str | None = None
@@ -116,6 +119,7 @@ def resolve_settings(
         raise ConfigError(f"log format (ELASTISCOPE_LOG_FORMAT) must be auto, json or console, not {fmt!r}")
 
     endpoint = otlp_endpoint or env.get("ELASTISCOPE_OTLP_ENDPOINT") or None
+    explicit = bool(endpoint)
     if endpoint:
         endpoint = _http_url(endpoint, "OTLP endpoint (ELASTISCOPE_OTLP_ENDPOINT)")
     otel_env = {k: v for k, v in env.items() if k.startswith("OTEL_")}
@@ -148,7 +152,7 @@ def resolve_settings(
 
     return TelemetrySettings(
         event_log=log_path, event_log_is_directory=is_dir, log_format=fmt, prometheus=bool(prometheus),
-        otlp_endpoint=endpoint, otel_console=otel_console, pushgateway=gateway, run_id=run_id,
+        otlp_endpoint=endpoint, otlp_endpoint_explicit=explicit and bool(endpoint), otel_console=otel_console, pushgateway=gateway, run_id=run_id,
         role=role, console_events=console, queue_size=queue_size, otel_env=otel_env,
     )
 

@@ -1,16 +1,28 @@
 """Spans for the agent lifecycle. A no-op until tracing is configured, so it costs nothing by default.
 
 The agent wraps each lifecycle step in ``span(name, **attributes)``. When OpenTelemetry is
-configured (see ``telemetry.configure``), those become real spans and ``traceparent()`` gives
-the W3C header that workers receive as ``TRACEPARENT``.
+configured (see ``telemetry.configure`` and ``telemetry.sinks.otel``), those become real spans
+and ``traceparent()`` gives the W3C header that workers receive as ``TRACEPARENT``.
+
+In a worker (a training script), ``worker_context()`` turns that ``TRACEPARENT`` into a parent
+context, so the script's own spans join the agent's trace::
+
+    from opentelemetry import trace
+    from telemetry.tracing import worker_context
+
+    with trace.get_tracer("train").start_as_current_span("epoch", context=worker_context()):
+        ...
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager
+import os
+from typing import Any, Callable, ContextManager, Mapping
 
-__all__ = ["span", "traceparent", "set_tracer_hooks"]
+__all__ = ["span", "traceparent", "set_tracer_hooks", "enabled", "worker_context", "TRACEPARENT_ENV"]
+
+TRACEPARENT_ENV = "TRACEPARENT"
 
 _span_factory: Callable[..., ContextManager[Any]] | None = None
 _traceparent_fn: Callable[[], str | None] | None = None
@@ -43,3 +55,30 @@ def traceparent() -> str | None:
         return fn()
     except Exception:
         return None
+
+
+def enabled() -> bool:
+    """True when spans are real (OpenTelemetry configured in this process)."""
+    return _span_factory is not None
+
+
+def worker_context(env: Mapping[str, str] | None = None) -> Any:
+    """The agent's span as an OpenTelemetry parent context, from ``TRACEPARENT`` (and ``TRACESTATE``).
+
+    Returns None when the variable is absent or malformed, which OpenTelemetry reads as "no
+    parent": the worker's spans then start their own trace. Needs opentelemetry-api.
+    """
+    env = os.environ if env is None else env
+    header = env.get(TRACEPARENT_ENV)
+    if not header:
+        return None
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier = {"traceparent": header}
+    if env.get("TRACESTATE"):
+        carrier["tracestate"] = env["TRACESTATE"]
+    ctx = TraceContextTextMapPropagator().extract(carrier)
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        return None
+    return ctx
