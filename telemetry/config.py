@@ -17,7 +17,6 @@ Bad settings raise ``ConfigError`` with a one-line message naming the setting.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,6 @@ from telemetry.pipeline import DEFAULT_QUEUE_SIZE, Pipeline, Sink, get_pipeline,
 
 __all__ = ["ConfigError", "TelemetrySettings", "resolve_settings", "configure", "shutdown",
            "add_arguments", "settings_from_args"]
-
-log = logging.getLogger("elastiscope.telemetry")
 
 
 class ConfigError(ValueError):

@@ -188,12 +188,15 @@ class _QueuedDelivery(_Delivery):
 
     def offer(self, record: Any) -> None:
         queue, stats = self._queue, self.stats
+        # ``offered`` is counted after the record's fate: if a signal handler interrupts this
+        # block and flushes, the interrupted record never looks like one still to wait for.
         with self._count_lock:
-            stats.offered += 1
             if self._closing or len(queue) >= self._queue_size:
                 stats.dropped += 1
+                stats.offered += 1
                 return
             queue.append(record)
+            stats.offered += 1
             if self._thread is None:
                 self._start()
         if not self._wake.is_set():
@@ -248,19 +251,24 @@ class _QueuedDelivery(_Delivery):
     def close(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         ok = self.flush(timeout)
-        with self._count_lock:
+        # When close runs in a signal handler, the interrupted main thread may hold this lock
+        # (in offer); waiting for it would deadlock, so after a moment we go on without it.
+        locked = self._count_lock.acquire(timeout=0.1)
+        try:
             self._closing = True
-        # Whatever the deadline left in the queue will never be delivered: count it as dropped.
-        abandoned = 0
-        while True:
-            try:
-                self._queue.popleft()
-            except IndexError:
-                break
-            abandoned += 1
+            # What the deadline left in the queue will never be delivered: count it as dropped.
+            abandoned = 0
+            while True:
+                try:
+                    self._queue.popleft()
+                except IndexError:
+                    break
+                abandoned += 1
+            self.stats.dropped += abandoned
+        finally:
+            if locked:
+                self._count_lock.release()
         if abandoned:
-            with self._count_lock:
-                self.stats.dropped += abandoned
             _log_quietly(
                 logging.WARNING, "telemetry sink %r: %d record(s) not delivered before the deadline",
                 self.sink.name, abandoned,
@@ -440,10 +448,9 @@ class Pipeline:
         The deadline is shared: queued sinks drain in parallel (each has its own thread), so
         one slow sink does not eat the others' time before they were even asked.
         """
-        with self._lock:
-            if self.closed:
-                return True
-            self.closed = True
+        if self.closed:
+            return True
+        self.closed = True  # no lock: close may run in a signal handler (see _QueuedDelivery.close)
         deadline = time.monotonic() + timeout
         deliveries = self._all_deliveries()
         for d in deliveries:

@@ -197,6 +197,24 @@ def test_created_samples_are_not_exported(sink):
     assert "_created" not in body.decode()
 
 
+def test_torch_group_handlers_set_before_keep_receiving_their_group(isolated_telemetry, monkeypatch):
+    import torch.distributed.elastic.metrics as torch_metrics
+
+    monkeypatch.setattr(torch_metrics.api, "_metrics_map", {})
+    seen = []
+
+    class GroupHandler(torch_metrics.MetricHandler):
+        def emit(self, metric_data):
+            seen.append((metric_data.group_name, metric_data.name))
+
+    torch_metrics.configure(GroupHandler(), "torchelastic")
+    telemetry.configure(log_format="json", env={})
+    torch_metrics.put_metric("workers.trainer.remaining_restarts", 2)
+    assert seen == [("torchelastic", "workers.trainer.remaining_restarts")]
+    assert catalogue.current().registry.get_sample_value(
+        "elastiscope_remaining_restarts", {"role": "trainer"}) == 2
+
+
 def _render(sink, accept):
     catalogue.set_current(sink.metrics)
     try:
@@ -246,6 +264,34 @@ def test_push_sends_the_registry_to_a_pushgateway(sink):
     assert 'elastiscope_flakiness_percent{role="trainer"} 33.0' in received["body"]
 
 
+def test_pushgateway_sink_pushes_when_the_run_ends(isolated_telemetry):
+    pushes = []
+    pushed = threading.Event()
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            pushes.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            self.send_response(200)
+            self.end_headers()
+            pushed.set()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        telemetry.configure(pushgateway=f"http://127.0.0.1:{server.server_port}", log_format="json",
+                            bridge_torch=False, env={})
+        telemetry.put_metric("workers.trainer.flakiness", 12)
+        telemetry.emit(ev("elastiscope.agent.run_end", role="trainer", state="SUCCEEDED"))
+        assert pushed.wait(10)
+        assert 'elastiscope_flakiness_percent{role="trainer"} 12.0' in pushes[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_push_raises_when_the_gateway_is_unreachable(sink):
     catalogue.set_current(sink.metrics)
     try:
@@ -257,9 +303,10 @@ def test_push_raises_when_the_gateway_is_unreachable(sink):
 
 # -- torch's metric handler -----------------------------------------------------------------
 
-def test_torch_put_metric_reaches_the_series_and_the_handler_set_before(isolated_telemetry):
+def test_torch_put_metric_reaches_the_series_and_the_handler_set_before(isolated_telemetry, monkeypatch):
     import torch.distributed.elastic.metrics as torch_metrics
 
+    monkeypatch.setattr(torch_metrics.api, "_metrics_map", {})  # other tests may have set group handlers
     seen = []
 
     class UserHandler(torch_metrics.MetricHandler):

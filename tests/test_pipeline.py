@@ -256,6 +256,18 @@ def test_sigterm_flushes_queued_records_then_dies_by_the_signal(tmp_path):
     assert lines == [str(i) for i in range(100)]
 
 
+def test_sigterm_arriving_inside_publish_still_flushes_without_deadlock(tmp_path):
+    # The handler runs on the main thread between bytecodes, possibly while that thread holds
+    # a delivery's lock in the middle of publish: simulate exactly that.
+    ending = ("d = [d for d in telemetry.get_pipeline()._deliveries if d.sink.name == 'slow_file'][0]; "
+              "d._count_lock.acquire(); os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)")
+    started = time.monotonic()
+    code, lines = _run_exit_script(tmp_path, ending)
+    assert code == -15
+    assert lines == [str(i) for i in range(100)]
+    assert time.monotonic() - started < 20
+
+
 def test_sigint_flushes_queued_records(tmp_path):
     code, lines = _run_exit_script(tmp_path, "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)")
     assert code != 0
