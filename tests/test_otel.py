@@ -202,7 +202,8 @@ def test_worker_context_parents_spans_on_the_given_traceparent():
         "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
 
 
-def test_shutdown_keeps_its_deadline_when_the_collector_is_down():
+def test_shutdown_keeps_its_deadline_when_the_collector_is_down(monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # let the abandoned retries end soon after
     with telemetry_isolation():
         telemetry.configure(otlp_endpoint="http://127.0.0.1:9", log_format="json", bridge_torch=False,
                             prometheus=False, env={})

@@ -353,6 +353,21 @@ def test_bad_settings_raise_config_error_with_one_line_naming_the_setting(kwargs
     assert isinstance(info.value, ValueError)
 
 
+def test_cli_flags_become_configure_arguments():
+    import argparse
+
+    from telemetry.config import add_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--event-log", "/tmp/x/", "--log-format", "json", "--no-prometheus",
+                              "--otlp-endpoint", "http://127.0.0.1:4318", "--console-events"])
+    assert settings_from_args(args) == {
+        "event_log": "/tmp/x/", "log_format": "json", "prometheus": False,
+        "otlp_endpoint": "http://127.0.0.1:4318", "pushgateway": None, "console_events": True,
+    }
+
+
 def test_configure_keeps_the_event_history_of_the_previous_pipeline(isolated_telemetry):
     telemetry.emit(Event("before.configure", EventSource.AGENT))
     telemetry.configure(prometheus=False, log_format="json", bridge_torch=False, env={})
