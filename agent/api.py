@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from telemetry import tracing
 from telemetry.events import Event, EventSource, emit, record
-from telemetry.records import put_metric
+from telemetry.records import put_metric as _publish_metric
+from telemetry.torch_bridge import deliver_to_torch_handler
 
 if TYPE_CHECKING:
     import torch.distributed.elastic.rendezvous as rdzv
@@ -62,6 +63,13 @@ def __getattr__(name: str) -> Any:
     value = module if attribute is None else getattr(module, attribute)
     globals()[name] = value
     return value
+
+
+def put_metric(metric_name: str, metric_value: Any, metric_group: str = "torchelastic") -> None:
+    """torch's ``put_metric`` as the agent uses it: into Elastiscope's pipeline, and on to any
+    handler configured on torch's metric stream (where torch's agent would have sent it)."""
+    _publish_metric(metric_name, metric_value, metric_group)
+    deliver_to_torch_handler(metric_name, metric_value, metric_group)
 
 
 def prof(fn: Callable) -> Callable:

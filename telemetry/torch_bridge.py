@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
+import sys
+import time
 from typing import Any
+import threading
 
 from telemetry.events import Event, EventSource, now_ms
 from telemetry.records import MetricPoint
 
-__all__ = ["install", "uninstall", "installed", "rendezvous_event", "RDZV_EVENT_PREFIX"]
+__all__ = ["install", "uninstall", "installed", "rendezvous_event", "deliver_to_torch_handler",
+           "RDZV_EVENT_PREFIX"]
 
 RDZV_EVENT_PREFIX = "elastiscope.rendezvous."
 _RDZV_DESTINATION = "dynamic_rendezvous"
@@ -46,6 +49,8 @@ def _metric_handler_class():
     class PipelineMetricHandler(MetricHandler):
         """Publishes torch's metric data into the pipeline, then hands it to the previous handler."""
 
+        elastiscope_tap = True
+
         def __init__(self, previous: Any = None) -> None:
             self.previous = previous
 
@@ -59,6 +64,28 @@ def _metric_handler_class():
                 self.previous.emit(metric_data)
 
     return PipelineMetricHandler
+
+
+def deliver_to_torch_handler(name: str, value: Any, group: str = "torchelastic") -> None:
+    """Hand one of the agent's own data points to the handler set on torch's metric stream.
+
+    torch's agent publishes its ``workers.*`` metrics through torch's stream, so a user who
+    configured a handler there receives them; ours publishes to the pipeline, and this keeps
+    that user's handler fed too. Our own tap is skipped (the pipeline already has the point):
+    the handler it wraps gets it instead. Never raises.
+    """
+    torch_metrics = sys.modules.get("torch.distributed.elastic.metrics.api")
+    if torch_metrics is None:  # torch's metrics never imported: nobody can have configured one
+        return
+    try:
+        handler = torch_metrics._metrics_map.get(group, torch_metrics._default_metrics_handler)
+        if getattr(handler, "elastiscope_tap", False):
+            handler = handler.previous
+        if handler is None or isinstance(handler, torch_metrics.NullMetricHandler):
+            return
+        handler.emit(torch_metrics.MetricData(time.time(), group, name, value))
+    except Exception:
+        logging.getLogger("elastiscope.telemetry").debug("torch metric handler failed", exc_info=True)
 
 
 def rendezvous_event(rdzv_event: Any) -> Event:

@@ -613,3 +613,43 @@ def test_torch_names_stay_importable_from_agent_api():
     from agent.api import ProcessFailure as PF, RendezvousGracefulExitError as RGE, SignalException as SE
 
     assert PF is ProcessFailure and SE is SignalException and RGE is RendezvousGracefulExitError
+
+
+def test_agent_metrics_reach_a_handler_configured_on_torchs_stream():
+    """As with torch's agent, a user's torch metric handler receives workers.* metrics,
+    with or without Elastiscope's tap on torch's stream, and our pipeline sees each once."""
+    import torch.distributed.elastic.metrics as torch_metrics
+
+    from telemetry import Pipeline, Sink, set_pipeline, torch_bridge
+
+    class Points(Sink):
+        name, synchronous, events = "points", True, False
+
+        def __init__(self):
+            self.names = []
+
+        def emit(self, point):
+            self.names.append(point.name)
+
+    for tapped in (False, True):
+        user = []
+
+        class UserHandler(torch_metrics.MetricHandler):
+            def emit(self, data):
+                user.append(data.name)
+
+        points = Points()
+        previous = set_pipeline(Pipeline([points]))
+        torch_metrics.configure(UserHandler(), "torchelastic")
+        if tapped:
+            torch_bridge.install()
+        try:
+            api = importlib.import_module(OURS)
+            agent = agent_class(api)(make_spec(api))
+            agent._record_metrics(api.RunResult(state=api.WorkerState.SUCCEEDED))
+        finally:
+            torch_bridge.uninstall()
+            torch_metrics.configure(torch_metrics.NullMetricHandler(), "torchelastic")
+            set_pipeline(previous)
+        assert "workers.trainer.run_total" in user and "workers.trainer.flakiness" in user
+        assert points.names.count("workers.trainer.run_total") == 1
