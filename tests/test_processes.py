@@ -1,0 +1,157 @@
+"""agent.processes on its own: spawning, exit watching, stopping, parent death, logs, usage."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from agent.processes import (
+    LogTee,
+    ProgramSpawner,
+    TeeRoute,
+    WorkerLaunch,
+    WorkerSet,
+    python_invocation,
+    read_usage,
+)
+from helpers.local_agent import WORKERS, create_times, kill_quietly, process_alive, read_pids, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+PY = sys.executable
+
+
+@pytest.fixture
+def spawner():
+    s = ProgramSpawner()
+    yield s
+    s.close()
+
+
+def sleeper(rank: int, out, *extra: str) -> WorkerLaunch:
+    return WorkerLaunch(rank, PY, (str(WORKERS / "sleeper.py"), str(out), *extra), {"RANK": str(rank)})
+
+
+def test_an_exit_wakes_the_waiter_at_once_however_long_it_meant_to_wait(spawner):
+    workers = WorkerSet.start([WorkerLaunch(0, PY, ("-c", "import sys; sys.exit(7)"))], spawner)
+    started = time.monotonic()
+    assert workers.wait(30) is True
+    assert time.monotonic() - started < 10
+    [exited] = workers.collect()
+    assert (exited.local_rank, exited.exit_code, exited.failed) == (0, 7, True)
+    workers.close()
+
+
+def test_exit_reports_carry_the_signal_as_a_negative_code(spawner, tmp_path):
+    workers = WorkerSet.start([sleeper(0, tmp_path)], spawner)
+    pid = wait_until(lambda: read_pids(tmp_path, 1), 20)[0]
+    os.kill(pid, signal.SIGKILL)
+    assert workers.wait(20)
+    assert workers.collect()[0].exit_code == -signal.SIGKILL
+    workers.close()
+
+
+def test_stop_terminates_workers_and_marks_them_stopped_by_the_agent(spawner, tmp_path):
+    workers = WorkerSet.start([sleeper(r, tmp_path) for r in range(2)], spawner)
+    wait_until(lambda: read_pids(tmp_path, 2), 20)
+    workers.stop(signal.SIGTERM, grace=20)
+    assert [w.exit_code for w in workers.workers] == [-signal.SIGTERM, -signal.SIGTERM]
+    assert all(w.stopped_by_agent and not w.failed for w in workers.workers)
+    workers.close()
+
+
+def test_stop_sigkills_a_worker_that_ignores_sigterm_after_the_grace_period(spawner, tmp_path):
+    workers = WorkerSet.start([sleeper(0, tmp_path, "--ignore-sigterm")], spawner)
+    wait_until(lambda: read_pids(tmp_path, 1), 20)
+    started = time.monotonic()
+    workers.stop(signal.SIGTERM, grace=0.5)
+    assert workers.workers[0].exit_code == -signal.SIGKILL
+    assert 0.5 <= time.monotonic() - started < 10
+    workers.close()
+
+
+def test_a_missing_program_raises_file_not_found(spawner):
+    with pytest.raises(FileNotFoundError):
+        WorkerSet.start([WorkerLaunch(0, "/nonexistent/program")], spawner)
+
+
+def test_workers_die_when_their_spawner_is_killed(spawner, tmp_path):
+    # Nothing can run in a SIGKILLed spawner: only the kernel's parent-death signal is left.
+    WorkerSet.start([sleeper(r, tmp_path) for r in range(2)], spawner)
+    pids = wait_until(lambda: read_pids(tmp_path, 2), 20)
+    born = create_times(pids)
+    try:
+        os.kill(spawner.pid, signal.SIGKILL)
+        wait_until(lambda: not any(process_alive(p, born[p]) for p in pids), 2.0)
+    finally:
+        kill_quietly(pids)
+
+
+def test_the_spawner_dies_when_the_agent_is_killed(tmp_path):
+    agent = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import time
+        from agent.processes import ProgramSpawner
+        s = ProgramSpawner()
+        open({str(tmp_path / "spawner")!r}, "w").write(str(s.pid))
+        time.sleep(60)
+    """)])
+    try:
+        spawner_pid = int(wait_until(lambda: (tmp_path / "spawner").exists() and (tmp_path / "spawner").read_text(), 30))
+        born = create_times([spawner_pid])[spawner_pid]
+        agent.kill()
+        agent.wait(10)
+        wait_until(lambda: not process_alive(spawner_pid, born), 2.0)
+    finally:
+        agent.kill()
+
+
+def test_a_child_whose_parent_died_before_asking_for_the_death_signal_kills_itself():
+    # The parent check after prctl: a "parent" that is not ours stands for one that died.
+    code = "from agent.processes import die_with_parent; die_with_parent(1); print('survived')"
+    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == -signal.SIGKILL and "survived" not in proc.stdout
+
+
+def test_python_invocation_takes_apart_scripts_and_modules():
+    inv = python_invocation(PY, ("-u", "-X", "dev", "train.py", "--lr", "1"))
+    assert (inv.flags, inv.script, inv.module, inv.args) == (("-u", "-X", "dev"), "train.py", None, ("--lr", "1"))
+    inv = python_invocation(PY, ("-m", "pkg.train", "x"))
+    assert (inv.script, inv.module, inv.args) == (None, "pkg.train", ("x",))
+
+
+@pytest.mark.parametrize("entrypoint,args", [
+    (PY, ("-c", "print(1)")),
+    (PY, ("-i", "train.py")),
+    (PY, ("-",)),
+    ("/usr/bin/env", ("python", "train.py")),
+])
+def test_python_invocation_refuses_what_a_standby_cannot_run(entrypoint, args):
+    assert python_invocation(entrypoint, args) is None
+
+
+def test_log_tee_copies_complete_lines_with_a_prefix_and_the_last_partial_one_on_stop(tmp_path):
+    log = tmp_path / "stdout.log"
+    log.write_text("one\nzz\ntw")
+    console, filtered = io.StringIO(), io.StringIO()
+    tee = LogTee([TeeRoute(str(log), "[r0]:", [(console, None), (filtered, lambda l: "o" in l)])],
+                 interval=0.01).start()
+    wait_until(lambda: "[r0]:zz\n" in console.getvalue(), 10)
+    assert "tw" not in console.getvalue()
+    with open(log, "a") as f:
+        f.write("o")
+    tee.stop()
+    assert console.getvalue() == "[r0]:one\n[r0]:zz\n[r0]:two\n"
+    assert filtered.getvalue() == "[r0]:one\n[r0]:two\n"
+
+
+def test_read_usage_reports_cpu_seconds_and_resident_bytes_of_a_process():
+    cpu, rss = read_usage(os.getpid())
+    assert cpu > 0 and rss > 10_000_000
+    assert read_usage(2**22 + 12345) is None
