@@ -47,6 +47,8 @@ __all__ = [
     "bind_socket",
     "create_app",
     "EndpointServer",
+    "check_exposure",
+    "serve_app",
     "start_endpoint",
 ]
 
@@ -492,9 +494,26 @@ class EndpointServer:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.last_scrape: float | None = None  # monotonic time of the latest /metrics answer
+        self._scraped = threading.Condition()
 
     def note_scrape(self) -> None:
-        self.last_scrape = time.monotonic()
+        with self._scraped:
+            self.last_scrape = time.monotonic()
+            self._scraped.notify_all()
+
+    def wait_for_scrape(self, after: float, timeout: float) -> bool:
+        """Block until /metrics is answered later than monotonic time ``after``, or ``timeout``.
+
+        The end-of-job linger uses it: once a scraper has seen the final state, stop waiting.
+        """
+        deadline = time.monotonic() + timeout
+        with self._scraped:
+            while self.last_scrape is None or self.last_scrape <= after:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._scraped.wait(remaining)
+            return True
 
     def start(self) -> "EndpointServer":
         self._thread = threading.Thread(target=self._serve, name="elastiscope-endpoint", daemon=True)
@@ -559,6 +578,40 @@ class EndpointServer:
             self._thread.join(timeout)
 
 
+def check_exposure(host: str, token: str | None, token_required: bool = True) -> None:
+    """EndpointError unless ``host`` is loopback, a token is set, or the token is waived."""
+    if not token and token_required and not is_loopback(host):
+        raise EndpointError(
+            f"--metrics-host {host} is not a loopback address: set --token "
+            "(or ELASTISCOPE_TOKEN), or pass --no-token-required to expose it without one"
+        )
+
+
+def serve_app(
+    sock: socket.socket,
+    status_provider: StatusProvider,
+    events: "MemorySink | None" = None,
+    *,
+    token: str | None = None,
+    metrics: MetricsRenderer | None = None,
+) -> EndpointServer:
+    """Serve the endpoint app on an already bound socket, from a daemon thread."""
+    holder: list[EndpointServer] = []
+
+    def build():
+        return create_app(
+            status_provider,
+            events,
+            token=token,
+            metrics=metrics,
+            on_metrics_scrape=lambda: holder[0].note_scrape(),
+        )
+
+    server = EndpointServer(sock, build)
+    holder.append(server)
+    return server.start()
+
+
 def start_endpoint(
     status_provider: StatusProvider,
     events: "MemorySink | None" = None,
@@ -569,28 +622,10 @@ def start_endpoint(
     token_required: bool = True,
     metrics: MetricsRenderer | None = None,
 ) -> EndpointServer:
-    """Bind now (errors surface here, as EndpointError), then serve from a daemon thread.
+    """Check the address policy and bind now (errors surface here), then serve from a thread.
 
     A non-loopback ``host`` needs a ``token`` unless ``token_required`` is False.
     """
-    if not token and token_required and not is_loopback(host):
-        raise EndpointError(
-            f"--metrics-host {host} is not a loopback address: set --token "
-            "(or ELASTISCOPE_TOKEN), or pass --no-token-required to expose it without one"
-        )
+    check_exposure(host, token, token_required)
     sock = bind_socket(host, port)
-    holder: dict[str, EndpointServer] = {}
-
-    def build():
-        return create_app(
-            status_provider,
-            events,
-            token=token,
-            metrics=metrics,
-            on_metrics_scrape=lambda: holder["server"].note_scrape(),
-        )
-
-    server = EndpointServer(sock, build)
-    holder["server"] = server
-    return server.start()
-
+    return serve_app(sock, status_provider, events, token=token, metrics=metrics)
