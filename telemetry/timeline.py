@@ -307,7 +307,7 @@ def summarise(events: Iterable[LogEvent]) -> RunSummary:
     # logs without live failure events (a torch agent's log, say).
     live = {(f.attempt, f.global_rank) for f in run.failures}
     for f in final_failures:
-        if (f.attempt, f.global_rank) not in live and f.exit_code not in (None, 0):
+        if (f.attempt, f.global_rank) not in live:
             run.failures.append(f)
             if 0 <= f.attempt < len(run.attempts):
                 run.attempts[f.attempt].failures.append(f)
@@ -318,11 +318,19 @@ def summarise(events: Iterable[LogEvent]) -> RunSummary:
 
 def _failure(e: LogEvent, attempt: Attempt | None) -> Failure:
     md = e.metadata
+    local_rank = md.get("local_rank")
+    if local_rank is None:  # torch's events nest it in a JSON string, as a one-element list
+        nested = md.get("metadata")
+        try:
+            value = json.loads(nested).get("local_rank") if isinstance(nested, str) else None
+        except (ValueError, AttributeError):
+            value = None
+        local_rank = value[0] if isinstance(value, list) and value else value
     return Failure(
         timestamp=e.timestamp,
         attempt=attempt.number if attempt is not None else -1,
         global_rank=md.get("global_rank"),
-        local_rank=md.get("local_rank"),
+        local_rank=local_rank,
         exit_code=md.get("exit_code", md.get("exitcode")),
         signal=md.get("signal") or md.get("exit_signal"),
         pid=md.get("worker_pid") or md.get("worker_id"),
@@ -362,7 +370,7 @@ def _rank(f: Failure) -> str:
 def _exit(f: Failure) -> str:
     if f.signal:
         return f"signal {f.signal}"
-    return f"exit code {f.exit_code}"
+    return f"exit code {f.exit_code}" if f.exit_code is not None else "exit code unknown"
 
 
 def _timeline_lines(run: RunSummary, show_all: bool) -> list[tuple[int, str]]:

@@ -1,0 +1,301 @@
+"""``elastiscope run`` end to end: real agents, real workers, real c10d rendezvous on 127.0.0.1,
+real HTTP. Each test runs the installed command in a subprocess and watches what it prints."""
+
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import jsonschema
+import psutil
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = str(REPO / "examples" / "train_ddp.py")
+URL_LINE = re.compile(r"^elastiscope: metrics (http://\S+)/metrics")
+LOG_LINE = re.compile(r"^elastiscope: event log (\S+)")
+
+
+def elastiscope_cmd():
+    """The installed console script when there is one (a fresh install), else python -m agent."""
+    exe = shutil.which("elastiscope")
+    return [exe] if exe else [sys.executable, "-m", "agent"]
+
+
+class Launched:
+    """A running command whose stderr is read on a thread, so tests can wait for lines."""
+
+    def __init__(self, args, cwd, env=None):
+        self.proc = subprocess.Popen(
+            args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+        self.err_lines: list[str] = []
+        self._cond = threading.Condition()
+        self._stdout: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err_lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, stream, sink):
+        for line in stream:
+            with self._cond:
+                sink.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_line(self, pattern, timeout=60):
+        """The first stderr match of ``pattern``, waiting for it (or for the process to end)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.err_lines:
+                    m = pattern.search(line)
+                    if m:
+                        return m
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._pumping()):
+                    raise AssertionError(f"no line matching {pattern.pattern!r}:\n" + self.stderr)
+                self._cond.wait(min(remaining, 0.5))
+
+    def _pumping(self):
+        return any(t.is_alive() for t in self._threads)
+
+    def wait(self, timeout=90):
+        code = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(10)
+        return code
+
+    @property
+    def stderr(self):
+        return "\n".join(self.err_lines)
+
+    @property
+    def stdout(self):
+        return "\n".join(self._stdout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def launch(tmp_path):
+    started = []
+
+    def _launch(*args, cmd=None, env=None):
+        run = Launched([*(cmd or elastiscope_cmd()), *args], cwd=tmp_path, env=env)
+        started.append(run)
+        return run
+
+    yield _launch
+    for run in started:
+        run.kill()
+
+
+def poll(fn, timeout, what):
+    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def read_events(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def events_cli(*args, cwd):
+    return subprocess.run([*elastiscope_cmd(), "events", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+def write_script(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text(body)
+    return str(path)
+
+
+# ---- the example, watched while it trains -----------------------------------------------------
+
+
+def test_run_trains_the_example_while_serving_metrics_and_status(launch, tmp_path):
+    run = launch("run", "--nproc-per-node", "2", "--metrics-linger", "0", EXAMPLE,
+                 "--steps", "150", "--step-delay", "0.02", "--checkpoint-dir", str(tmp_path / "ck"))
+    base = run.wait_line(URL_LINE).group(1)
+    event_log = run.wait_line(LOG_LINE).group(1)
+
+    def healthy_status():
+        try:
+            status = httpx.get(base + "/status", timeout=5).json()
+        except httpx.HTTPError:
+            return None
+        workers = status.get("workers", [])
+        ok = status["state"] == "HEALTHY" and len(workers) == 2 and all(w["pid"] for w in workers)
+        return status if ok else None
+
+    status = poll(healthy_status, 60, "the worker group to be HEALTHY")
+    metrics = httpx.get(base + "/metrics", timeout=5).text
+    openapi = httpx.get(base + "/openapi.json", timeout=5).json()
+
+    assert run.wait() == 0, run.stderr
+    schema = {"$ref": "#/components/schemas/Status", "components": openapi["components"]}
+    jsonschema.Draft202012Validator(schema).validate(status)
+    assert status["world_size"] == 2 and status["role"] == "default"
+    assert re.search(r'^elastiscope_worker_group_state\{role="default",state="HEALTHY"\} 1\.0$',
+                     metrics, re.M), metrics
+    assert f'run_id="{status["run_id"]}"' in metrics
+    assert "train_ddp: done: 150 steps" in run.stdout
+    names = [e["name"] for e in read_events(tmp_path / event_log)]
+    assert names[0] == "elastiscope.endpoint.started" and "elastiscope.agent.run_end" in names
+
+
+def test_endpoint_started_event_carries_the_printed_url(launch, tmp_path):
+    script = write_script(tmp_path, "noop.py", "pass\n")
+    run = launch("run", "--metrics-linger", "0", script)
+    base = run.wait_line(URL_LINE).group(1)
+    event_log = run.wait_line(LOG_LINE).group(1)
+    assert run.wait() == 0, run.stderr
+    started = [e for e in read_events(tmp_path / event_log)
+               if e["name"] == "elastiscope.endpoint.started"]
+    assert [e["metadata"]["url"] for e in started] == [base]
+
+
+# ---- the same script under torchrun and under elastiscope -----------------------------------
+
+
+def test_training_script_runs_unchanged_under_torchrun_and_elastiscope(launch, tmp_path):
+    args = [EXAMPLE, "--steps", "40", "--log-every", "40", "--checkpoint-dir", ""]
+    ours = launch("run", "--nproc-per-node", "2", "--metrics-linger", "0", *args)
+    assert ours.wait() == 0, ours.stderr
+    torchrun = launch("--nproc-per-node", "2", *args, cmd=[shutil.which("torchrun") or "torchrun"])
+    assert torchrun.wait() == 0, torchrun.stderr
+
+    def final_loss(out):
+        return re.search(r"^train_ddp: step 40/40 loss (\S+)$", out, re.M).group(1)
+
+    # Same data, seeds and world size: the same training, to the last digit.
+    assert final_loss(ours.stdout) == final_loss(torchrun.stdout)
+
+
+def test_failed_job_exits_1_like_torchrun(launch, tmp_path):
+    script = write_script(tmp_path, "fail.py", "import sys; sys.exit(3)\n")
+    ours = launch("run", "--metrics-port", "off", "--event-log", "off", script)
+    torchrun = launch(script, cmd=[shutil.which("torchrun") or "torchrun"])
+    assert (ours.wait(), torchrun.wait()) == (1, 1), ours.stderr
+    assert re.search(r"exitcode\s*: 3", ours.stderr), ours.stderr
+    assert "Traceback" not in ours.stderr
+
+
+# ---- a crash, a restart, and what the event log says about it -------------------------------
+
+
+def test_crash_once_restarts_once_and_events_explain_it(launch, tmp_path):
+    run = launch("run", "--nproc-per-node", "2", "--max-restarts", "2", "--metrics-linger", "0",
+                 EXAMPLE, "--steps", "60", "--log-every", "20", "--checkpoint-every", "10",
+                 "--checkpoint-dir", str(tmp_path / "ck"),
+                 "--crash-once-rank", "1", "--crash-at-step", "25")
+    event_log = run.wait_line(LOG_LINE).group(1)
+    assert run.wait() == 0, run.stderr
+    assert "resuming at step 20" in run.stdout
+
+    text = events_cli(event_log, cwd=tmp_path)
+    summary = events_cli(event_log, "--json", cwd=tmp_path)
+    assert text.returncode == 0 and summary.returncode == 0, text.stderr + summary.stderr
+    assert "FAILED rank 1 (local 1), exit code 1: RuntimeError: injected crash on rank 1 at step 25" \
+        in text.stdout, text.stdout
+    assert "restarts: 1 (failure: 1)" in text.stdout
+    (only_run,) = json.loads(summary.stdout)["runs"]
+    assert only_run["outcome"] == "SUCCEEDED"
+    assert only_run["restart_count"] == 1 and only_run["attempt_count"] == 2
+    assert [(f["global_rank"], f["exit_code"]) for f in only_run["failures"]] == [(1, 1)]
+
+
+# ---- the end of the job -----------------------------------------------------------------------
+
+
+def test_endpoint_lingers_until_the_final_state_is_scraped(launch, tmp_path):
+    script = write_script(tmp_path, "noop.py", "pass\n")
+    run = launch("run", "--metrics-linger", "60", script)
+    base = run.wait_line(URL_LINE).group(1)
+    run.wait_line(re.compile(r"^elastiscope: run SUCCEEDED"))
+    metrics = httpx.get(base + "/metrics", timeout=5).text
+    scraped = time.monotonic()
+    assert run.wait(30) == 0
+    assert time.monotonic() - scraped < 15  # the scrape, not the 60 s, ended the linger
+    assert re.search(r'^elastiscope_worker_group_state\{role="default",state="SUCCEEDED"\} 1\.0$',
+                     metrics, re.M), metrics
+
+
+class _Pushgateway(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_PUT(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.received.append((self.path, body))
+        self.send_response(200)
+        self.end_headers()
+
+    do_POST = do_PUT
+
+    def log_message(self, *args):
+        pass
+
+
+def test_final_metrics_are_pushed_to_the_pushgateway(launch, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Pushgateway)
+    _Pushgateway.received = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        script = write_script(tmp_path, "noop.py", "pass\n")
+        run = launch("run", "--metrics-port", "off", "--pushgateway",
+                     f"http://127.0.0.1:{server.server_port}", script)
+        assert run.wait() == 0, run.stderr
+    finally:
+        server.shutdown()
+    assert _Pushgateway.received, "nothing was pushed"
+    path, body = _Pushgateway.received[-1]
+    assert path.startswith("/metrics/job/elastiscope")
+    assert b'elastiscope_worker_group_state{role="default",state="SUCCEEDED"} 1.0' in body
+
+
+def test_python_dash_m_agent_runs_without_endpoint_or_event_log(launch, tmp_path):
+    script = write_script(tmp_path, "noop.py", "print('ran')\n")
+    run = launch("run", "--metrics-port", "off", "--event-log", "off", script,
+                 cmd=[sys.executable, "-m", "agent"])
+    assert run.wait() == 0, run.stderr
+    assert "ran" in run.stdout
+    assert not URL_LINE.search(run.stderr) and not LOG_LINE.search(run.stderr)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_stops_the_workers_and_exits_1_like_torchrun(launch, tmp_path):
+    script = write_script(tmp_path, "sleeper.py", "import time\ntime.sleep(120)\n")
+    run = launch("run", "--nproc-per-node", "2", "--metrics-linger", "0", script)
+    base = run.wait_line(URL_LINE).group(1)
+    status = poll(lambda: (lambda s: s if s["state"] == "HEALTHY" and all(
+        w["pid"] for w in s["workers"]) else None)(httpx.get(base + "/status", timeout=5).json()),
+        60, "workers to start")
+    pids = [w["pid"] for w in status["workers"]]
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait(60) == 1
+    assert "stopped by SIGTERM" in run.stderr
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]

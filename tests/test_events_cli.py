@@ -1,0 +1,210 @@
+"""``elastiscope events``: reading an event log back into a timeline and a summary.
+
+The logs here are written by hand in the agent's event format, so each test pins one reading
+rule; the end-to-end case (a real crash and restart) is in test_cli.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from telemetry import timeline
+
+pytestmark = pytest.mark.timeout(60)
+
+RUN = "run-7"
+T0 = 1_700_000_000_000
+
+
+def ev(name, at, source="AGENT", **metadata):
+    metadata.setdefault("run_id", RUN)
+    metadata.setdefault("role", "trainer")
+    return {"name": name, "source": source, "timestamp": T0 + at, "metadata": metadata}
+
+
+def attempt(at, restart_count=0, rendezvous_ms=120.0):
+    return [
+        ev("torchelastic.worker.status.RENDEZVOUS", at - 1, state="RENDEZVOUS",
+           duration_ms=rendezvous_ms),
+        ev("elastiscope.rendezvous.complete", at, group_world_size=1, world_size=2,
+           restart_count=restart_count),
+        ev("torchelastic.worker.status.START", at + 5, "WORKER", global_rank=0, state="START"),
+        ev("torchelastic.worker.status.START", at + 5, "WORKER", global_rank=1, state="START"),
+        ev("elastiscope.agent.state_change", at + 6, state="HEALTHY", previous_state="INIT"),
+    ]
+
+
+def crash_and_restart_log():
+    return [
+        ev("elastiscope.endpoint.started", 0, url="http://127.0.0.1:9400"),
+        ev("elastiscope.agent.run_start", 10, entry_point="train.py", local_world_size=2,
+           max_restarts=3, hostname="node-a"),
+        *attempt(200),
+        ev("elastiscope.worker.failed", 5000, "WORKER", global_rank=1, local_rank=1,
+           state="FAILED", exit_code=1, signal=None, worker_pid=4242, detect_latency_ms=3.5,
+           error_message="RuntimeError: CUDA out of memory\nTried to allocate 2 GiB"),
+        ev("elastiscope.agent.restart", 5050, reason="failure", remaining_restarts=2,
+           max_restarts=3, failed_ranks="[1]"),
+        *attempt(5400, restart_count=1, rendezvous_ms=300.0),
+        ev("elastiscope.agent.run_end", 9000, state="SUCCEEDED", total_run_time=9),
+        ev("torchelastic.worker.status.SUCCEEDED", 9001, state="SUCCEEDED"),
+    ]
+
+
+def write_log(path, events, extra_lines=()):
+    lines = [json.dumps(e) for e in events] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def crash_log(tmp_path):
+    return write_log(tmp_path / "run.jsonl", crash_and_restart_log())
+
+
+def test_summary_counts_attempts_restarts_and_failures(crash_log):
+    (run,) = timeline.read_runs(crash_log)
+    assert (run.outcome, len(run.attempts), len(run.restarts)) == ("SUCCEEDED", 2, 1)
+    (failure,) = run.failures
+    assert (failure.global_rank, failure.exit_code, failure.attempt) == (1, 1, 0)
+    assert failure.error == "RuntimeError: CUDA out of memory"  # the first line only
+
+
+def test_restart_reason_and_failed_ranks(crash_log):
+    (run,) = timeline.read_runs(crash_log)
+    (restart,) = run.restarts
+    assert (restart.reason, restart.failed_ranks, restart.remaining_restarts) == ("failure", [1], 2)
+
+
+def test_restart_duration_runs_from_restart_to_healthy_again(crash_log):
+    (run,) = timeline.read_runs(crash_log)
+    assert run.restarts[0].duration_ms == (5400 + 6) - 5050
+
+
+def test_rendezvous_durations_belong_to_their_attempts(crash_log):
+    (run,) = timeline.read_runs(crash_log)
+    assert [a.rendezvous_ms for a in run.attempts] == [120.0, 300.0]
+    assert [a.outcome for a in run.attempts] == ["restart (failure)", "SUCCEEDED"]
+
+
+def test_endpoint_event_before_run_start_belongs_to_that_run(crash_log):
+    (run,) = timeline.read_runs(crash_log)
+    assert run.endpoint_url == "http://127.0.0.1:9400"
+    assert run.started == T0 + 10 and run.hostname == "node-a"
+
+
+def test_rendered_timeline_names_failure_restart_and_outcome(crash_log):
+    text = timeline.render(timeline.read_runs(crash_log), crash_log)
+    assert "FAILED rank 1 (local 1), exit code 1: RuntimeError: CUDA out of memory" in text
+    assert "restart #1 (failure of rank(s) 1); 2 left" in text
+    assert "attempts: 2   restarts: 1 (failure: 1)   max restarts: 3" in text
+    assert "rendezvous: 2 round(s), mean 210 ms, max 300 ms" in text
+
+
+def test_error_message_falls_back_to_the_torch_error_file(tmp_path):
+    raw = json.dumps({"message": {"message": "ValueError: bad batch\nmore",
+                                  "extraInfo": {"py_callstack": "..."}}})
+    events = [
+        ev("elastiscope.agent.run_start", 0, max_restarts=0),
+        *attempt(100),
+        ev("elastiscope.worker.failed", 900, "WORKER", global_rank=0, local_rank=0, exit_code=1,
+           raw_error=raw),
+        ev("elastiscope.agent.run_end", 1000, state="FAILED"),
+    ]
+    (run,) = timeline.read_runs(write_log(tmp_path / "a.jsonl", events))
+    assert run.failures[0].error == "ValueError: bad batch"
+
+
+def test_signal_deaths_are_reported_by_signal_name(tmp_path):
+    events = [
+        ev("elastiscope.agent.run_start", 0, max_restarts=0),
+        *attempt(100),
+        ev("elastiscope.worker.failed", 900, "WORKER", global_rank=1, local_rank=1,
+           exit_code=-9, signal="SIGKILL", error_message="Signal 9 (SIGKILL) received by PID 77"),
+        ev("elastiscope.agent.run_end", 1000, state="FAILED"),
+    ]
+    path = write_log(tmp_path / "a.jsonl", events)
+    assert "rank 1 (local 1), signal SIGKILL" in timeline.render(timeline.read_runs(path), path)
+
+
+def test_torch_end_of_run_failures_count_when_there_are_no_live_ones(tmp_path):
+    # A log written by torch's own agent: only the final per-worker FAILED events.
+    events = [
+        ev("torchelastic.worker.status.FAILED", 900, "WORKER", global_rank=0, local_rank=0,
+           state="FAILED", raw_error="Traceback (most recent call last):\n  ...\nKeyError: 'x'"),
+    ]
+    (run,) = timeline.read_runs(write_log(tmp_path / "a.jsonl", events))
+    assert [(f.global_rank, f.error) for f in run.failures] == [(0, "KeyError: 'x'")]
+
+
+def test_live_failures_are_not_counted_twice_with_torchs_final_events(tmp_path):
+    events = crash_and_restart_log()[:-2] + [
+        ev("torchelastic.worker.status.FAILED", 8000, "WORKER", global_rank=1, state="FAILED",
+           exit_code=1),
+    ]
+    events.insert(-1, ev("elastiscope.worker.failed", 7990, "WORKER", global_rank=1, local_rank=1,
+                         exit_code=1, error_message="boom"))
+    (run,) = timeline.read_runs(write_log(tmp_path / "a.jsonl", events))
+    assert [f.error for f in run.failures] == ["RuntimeError: CUDA out of memory", "boom"]
+
+
+def test_unreadable_lines_are_skipped_and_counted(tmp_path):
+    path = write_log(tmp_path / "a.jsonl", crash_and_restart_log(),
+                     extra_lines=["not json", '{"name": 3}', '{"half": '])
+    runs = timeline.read_runs(path)
+    assert runs[0].outcome == "SUCCEEDED"
+    assert "3 line(s) of the log were not events" in timeline.render(runs, path)
+
+
+def test_a_log_cut_short_reads_as_incomplete(tmp_path):
+    events = crash_and_restart_log()[:6]
+    (run,) = timeline.read_runs(write_log(tmp_path / "a.jsonl", events))
+    assert run.outcome.startswith("INCOMPLETE")
+
+
+def test_one_file_holding_two_runs_gives_two_summaries(tmp_path):
+    second = [dict(e, metadata=dict(e["metadata"], run_id="run-8")) for e in crash_and_restart_log()]
+    runs = timeline.read_runs(write_log(tmp_path / "a.jsonl", crash_and_restart_log() + second))
+    assert [r.run_id for r in runs] == [RUN, "run-8"]
+    assert [len(r.events) for r in runs] == [len(second), len(second)]
+
+
+def test_a_directory_means_its_newest_log(tmp_path):
+    old = write_log(tmp_path / "old.jsonl", crash_and_restart_log())
+    new = write_log(tmp_path / "new.jsonl", crash_and_restart_log())
+    os.utime(old, (1, 1))
+    assert timeline.resolve_log_path(str(tmp_path)) == new
+
+
+def test_an_empty_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(timeline.TimelineError, match="no \\*.jsonl event log"):
+        timeline.resolve_log_path(str(tmp_path))
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "agent", "events", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+def test_events_command_prints_the_timeline(crash_log, tmp_path):
+    result = run_cli(crash_log, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "restarts: 1 (failure: 1)" in result.stdout
+
+
+def test_events_command_json_is_machine_readable(crash_log, tmp_path):
+    result = run_cli(crash_log, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads(result.stdout)["runs"]
+    assert (run["restart_count"], run["failure_count"], run["attempt_count"]) == (1, 1, 2)
+    assert run["failures"][0]["error"] == "RuntimeError: CUDA out of memory"
+
+
+def test_events_command_defaults_to_the_runs_directory(crash_log, tmp_path):
+    (tmp_path / "runs").mkdir()
+    write_log(tmp_path / "runs" / "x.jsonl", crash_and_restart_log())
+    result = run_cli(cwd=tmp_path)
+    assert result.returncode == 0 and "runs/x.jsonl" in result.stdout, result.stderr
