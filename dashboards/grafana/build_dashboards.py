@@ -98,9 +98,9 @@ def panel(kind: str, title: str, description: str, panel_targets: list[dict], *,
 
 
 def timeseries(title: str, description: str, panel_targets: list[dict], unit: str = "short",
-               bars: bool = False, min_zero: bool = True) -> dict:
-    custom = {"drawStyle": "bars" if bars else "line", "fillOpacity": 60 if bars else 10,
-              "lineWidth": 1, "showPoints": "never", "spanNulls": False}
+               steps: bool = False, min_zero: bool = True) -> dict:
+    custom = {"drawStyle": "line", "lineInterpolation": "stepAfter" if steps else "linear",
+              "fillOpacity": 10, "lineWidth": 1, "showPoints": "never", "spanNulls": False}
     defaults = {"custom": custom}
     if min_zero:
         defaults["min"] = 0
@@ -164,10 +164,11 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                     targets((f"max by (role) (elastiscope_world_size{{{AGENT}}})", "{{role}} workers"),
                             (f"max by (role) (elastiscope_group_world_size{{{AGENT}}})", "{{role}} nodes"))),
          12, 7),
-        (timeseries("Restarts", "Worker group restarts per interval, by reason.",
-                    targets((f"sum by (instance, role, reason) "
-                             f"(increase(elastiscope_restarts_total{{{AGENT}}}[$__rate_interval]))",
-                             "{{instance}} {{role}} {{reason}}")), bars=True), 12, 7),
+        # Counters that appear with their first increment defeat increase(): a single restart
+        # would never show. The running count per run steps up exactly when restarts happen.
+        (timeseries("Restarts", "Restarts so far in each agent's run, by reason; each step is a restart.",
+                    targets((f"max by (instance, role, reason) (elastiscope_restarts_total{{{AGENT}}})",
+                             "{{instance}} {{role}} {{reason}}")), steps=True), 12, 7),
         (panel("bargauge", "Runs by outcome",
                "Finished runs in the selected range, by outcome and whether restarts were spent.",
                targets((f"sum by (role, outcome, retried) "
@@ -187,10 +188,10 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
     ])
 
     failures = (row("Failures"), [
-        (timeseries("Worker failures by local rank", "Worker processes that failed, per interval, by local rank.",
-                    targets((f"sum by (instance, role, local_rank) "
-                             f"(increase(elastiscope_worker_failures_total{{{AGENT}}}[$__rate_interval]))",
-                             "{{instance}} {{role}} rank {{local_rank}}")), bars=True), 12, 8),
+        (timeseries("Worker failures by local rank",
+                    "Worker process failures so far in each agent's run, by local rank; each step is a failure.",
+                    targets((f"sum by (instance, role, local_rank) (elastiscope_worker_failures_total{{{AGENT}}})",
+                             "{{instance}} {{role}} rank {{local_rank}}")), steps=True), 12, 8),
         (panel("table", "Failures by exit code and signal",
                "Worker failures in the latest run of each agent: exit code for a normal exit, signal "
                "name for a killed worker (the other column is empty).",
@@ -221,10 +222,11 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                     quantiles("elastiscope_worker_start_duration_seconds", "role"), unit="s"), 8, 8),
         (timeseries("Worker stop duration", "Time to stop the worker processes (before a restart, at the end).",
                     quantiles("elastiscope_worker_stop_duration_seconds", "role"), unit="s"), 8, 8),
-        (panel("bargauge", "p90 over the range",
-               "90th percentile of each step over the whole selected range.",
+        (panel("bargauge", "p90 per step (latest run)",
+               "90th percentile of each step in the latest run of the selected agents (cumulative "
+               "histograms, so a single rendezvous or restart counts too).",
                targets(*[(f"histogram_quantile(0.9, sum by (le) "
-                          f"(increase({name}_bucket{{{AGENT}}}[$__range])))", label)
+                          f"(max_over_time({name}_bucket{{{AGENT}}}[$__range])))", label)
                          for name, label in (
                              ("elastiscope_rendezvous_duration_seconds", "rendezvous"),
                              ("elastiscope_rank_assignment_duration_seconds", "rank assignment"),
@@ -334,13 +336,15 @@ def overview_dashboard() -> dict:
         query_variable("role", "role", 'elastiscope_agent_info{job=~"$job", instance=~"$instance"}',
                        "Worker role (WorkerSpec.role)."),
     ]
+    restarts = f"elastiscope_restarts_total{{{AGENT}}}"
     restart_annotation = {
         "name": "Restarts",
         "datasource": DATASOURCE,
         "enable": True,
         "iconColor": "orange",
-        "expr": (f"sum by (instance, role, reason) "
-                 f"(increase(elastiscope_restarts_total{{{AGENT}}}[$__rate_interval])) > 0"),
+        # A step of the counter, or the counter appearing (its first restart).
+        "expr": (f"sum by (instance, role, reason) (changes({restarts}[$__rate_interval]) > 0 "
+                 f"or ({restarts} unless {restarts} offset $__rate_interval))"),
         "step": "15s",
         "titleFormat": "Restart ({{reason}})",
         "textFormat": "{{instance}} {{role}}",
