@@ -23,7 +23,8 @@ import threading
 import time
 from contextlib import contextmanager
 from string import Template
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from torch.distributed.elastic.metrics import prof
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, LogsSpecs, SignalException
@@ -107,8 +108,12 @@ class LocalElasticAgent(SimpleElasticAgent):
     def run(self, role: str = DEFAULT_ROLE) -> RunResult:
         with _signals_raise_in_run_loop():
             if isinstance(self._worker_group.spec.entrypoint, str):
-                # Boots while the first rendezvous runs instead of after it.
-                self._ensure_spawner()
+                # Boots while the first rendezvous runs instead of after it. A failure here
+                # surfaces again, inside the run and its events, when workers start.
+                try:
+                    self._ensure_spawner()
+                except Exception:
+                    logger.debug("early spawner start failed", exc_info=True)
             return super().run(role)
 
     def _ensure_spawner(self) -> ProgramSpawner:
@@ -307,10 +312,8 @@ class LocalElasticAgent(SimpleElasticAgent):
                     self._reported_failures.add(proc.pid)
                     self._emit_worker_failed(worker_group, proc, failure)
             if newly_failed:
-                logger.error(
-                    "[%s] worker(s) failed: %s; stopping the others",
-                    role, ", ".join(f"local_rank {p.local_rank} exitcode {p.exit_code}" for p in newly_failed),
-                )
+                summary = ", ".join(f"local_rank {p.local_rank} exitcode {p.exit_code}" for p in newly_failed)
+                logger.error("[%s] worker(s) failed: %s; stopping the others", role, summary)
                 self._stop_processes(signal.SIGTERM, self._shutdown_timeout)
             return RunResult(state=WorkerState.FAILED, failures=failures)
 
@@ -469,16 +472,15 @@ def _worker_status(worker, proc) -> dict[str, Any]:
 
 def _process_failure(proc) -> ProcessFailure:
     """torch's ProcessFailure for an exited worker; reads its error file once."""
-    cached = getattr(proc, "_failure", None)
-    if cached is not None:
-        return cached
+    if proc.failure is not None:
+        return proc.failure
     error_file = proc.launch.error_file or "<N/A>"
     try:
         failure = ProcessFailure(proc.local_rank, proc.pid, proc.exit_code, error_file)
     except Exception:  # an unreadable error file must not hide the failure itself
         logger.warning("could not read error file %s", error_file, exc_info=True)
         failure = ProcessFailure(proc.local_rank, proc.pid, proc.exit_code, "<N/A>")
-    proc._failure = failure
+    proc.failure = failure
     return failure
 
 

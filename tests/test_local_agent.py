@@ -206,7 +206,9 @@ def _remember_standbys(local_agent, monkeypatch) -> list[int]:
     return pids
 
 
-def test_a_restarted_worker_from_a_standby_runs_like_a_fresh_interpreter(telemetry, logs, tmp_path, monkeypatch):
+def test_a_restarted_worker_from_a_standby_runs_like_a_fresh_interpreter(
+    telemetry, logs, tmp_path, monkeypatch
+):
     spec = script_spec("record_env.py", tmp_path, "--fail-first-attempt", nproc=2, max_restarts=1)
     agent = LocalElasticAgent(spec, logs)
     standby_pids = _remember_standbys(agent, monkeypatch)
@@ -222,6 +224,22 @@ def test_a_restarted_worker_from_a_standby_runs_like_a_fresh_interpreter(telemet
         cold_env.pop("TORCHELASTIC_RESTART_COUNT")
         cold_env.pop("TORCHELASTIC_ERROR_FILE"), warm_env.pop("TORCHELASTIC_ERROR_FILE")
         assert warm_env == cold_env
+
+
+def test_a_module_worker_from_a_standby_runs_like_python_dash_m(telemetry, logs, tmp_path, monkeypatch):
+    monkeypatch.chdir(TESTS)  # where `python -m workers.record_env` finds its package
+    spec = static_spec(
+        sys.executable, ("-u", "-m", "workers.record_env", str(tmp_path), "--fail-first-attempt"),
+        nproc=1, max_restarts=1,
+    )
+    agent = LocalElasticAgent(spec, logs)
+    standby_pids = _remember_standbys(agent, monkeypatch)
+    assert agent.run().state == WorkerState.SUCCEEDED
+    cold = json.loads((tmp_path / "env.0.0.json").read_text())
+    warm = json.loads((tmp_path / "env.1.0.json").read_text())
+    assert warm["pid"] in standby_pids
+    for key in ("argv", "file", "name", "path0", "main_globals"):
+        assert warm[key] == cold[key], key
 
 
 def test_restart_takes_over_the_waiting_standby_interpreters(telemetry, logs, tmp_path, monkeypatch):
@@ -300,15 +318,21 @@ def test_resource_samples_are_published_per_worker(telemetry, logs, tmp_path):
     _, metrics = telemetry
     agent = LocalElasticAgent(script_spec("sleeper.py", tmp_path, nproc=2), logs,
                               resource_sample_interval=0.05)
-    threading.Thread(target=lambda: (
-        wait_until(lambda: len(metrics.values("workers.trainer.worker.1.rss_bytes")) >= 3, 20),
-        (tmp_path / "go").touch()), daemon=True).start()
+    samples = lambda: len(metrics.values("workers.trainer.worker.1.rss_bytes"))  # noqa: E731
+
+    def release_after_samples_of_started_workers():
+        wait_until(lambda: read_pids(tmp_path, 2), 20)  # past interpreter start-up
+        enough = samples() + 3
+        wait_until(lambda: samples() >= enough, 20)
+        (tmp_path / "go").touch()
+
+    threading.Thread(target=release_after_samples_of_started_workers, daemon=True).start()
     assert agent.run().state == WorkerState.SUCCEEDED
     for rank in range(2):
         rss = metrics.values(f"workers.trainer.worker.{rank}.rss_bytes")
         cpu = metrics.values(f"workers.trainer.worker.{rank}.cpu_seconds")
-        assert rss and min(rss) > 1_000_000
-        assert cpu and cpu == sorted(cpu) and max(cpu) > 0
+        assert rss[-1] > 1_000_000
+        assert cpu == sorted(cpu) and cpu[-1] > 0
 
 
 def test_status_snapshot_describes_running_workers_from_another_thread(telemetry, logs, tmp_path):
@@ -335,7 +359,8 @@ def test_status_snapshot_describes_running_workers_from_another_thread(telemetry
     assert snap["run_id"] == agent.get_worker_group().spec.rdzv_handler.get_run_id()
     assert [w["pid"] for w in snap["workers"]] == read_pids(tmp_path, 2)
     for rank, w in enumerate(snap["workers"]):
-        assert (w["local_rank"], w["global_rank"], w["role_rank"], w["state"]) == (rank, rank, rank, "HEALTHY")
+        assert (w["local_rank"], w["global_rank"], w["role_rank"]) == (rank, rank, rank)
+        assert w["state"] == "HEALTHY"
         assert w["exit_code"] is None and abs(w["start_time"] - time.time()) < 60
         assert set(w) == {"local_rank", "global_rank", "role_rank", "pid", "state", "start_time",
                           "exit_code", "cpu_seconds", "rss_bytes"}
@@ -352,12 +377,16 @@ def test_previous_signal_handlers_come_back_after_run(telemetry, logs):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def _pythonpath() -> str:
+    return os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
+
+
 def _start_agent_process(tmp_path: Path, nproc: int, shutdown_timeout: int):
     events = tmp_path / "events.jsonl"
     proc = subprocess.Popen(
         [sys.executable, str(TESTS / "helpers" / "agent_runner.py"), str(events), str(nproc),
          str(shutdown_timeout), "sleeper.py", str(tmp_path)],
-        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])),
+        env=dict(os.environ, PYTHONPATH=_pythonpath()),
     )
     return proc, events
 

@@ -8,7 +8,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from telemetry.pipeline import Pipeline, Sink
 from telemetry.records import MetricPoint
