@@ -19,8 +19,9 @@ Like ``torchrun``, a single-node job with no rendezvous endpoint runs on an embe
 (``--standalone``); nothing needs to be started by hand. Exit status: 0 when every worker
 succeeded, 1 when the job failed (as ``torchrun``), 2 for bad input (one line on stderr).
 
-Start-up is kept lean: argument checking imports neither torch nor the web stack, and FastAPI
-and uvicorn load on the endpoint's own thread while the main thread rendezvouses.
+Start-up is kept lean: argument checking imports neither torch nor the web stack. The endpoint's
+socket listens before rendezvous, but FastAPI and uvicorn load on its own thread only at the
+first request or a second after the workers are running, so they never delay a job's start.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ PROG = "elastiscope"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_RUNS_DIR = "runs"
 DEFAULT_METRICS_LINGER = 5.0
+# Seconds after the workers turn HEALTHY before the endpoint loads its web stack (if no request
+# made it load sooner): long enough to stay out of the workers' own start-up.
+ENDPOINT_WARM_UP_DELAY = 1.0
 NPROC_NAMES = ("auto", "cpu", "gpu", "xpu")
 # torch 2.13's torch.numa.binding.AffinityMode values; checked against torch when used.
 NUMA_MODES = ("node", "socket", "exclusive", "core-complex")
@@ -517,9 +521,10 @@ class _Run:
             sock = server.bind_socket(args.metrics_host, args.metrics_port)
         except server.EndpointError as e:
             raise UsageError(str(e)) from None
-        # configure() carries this ring over into the pipeline it builds, so the app can hold it now.
+        # configure() carries this ring over into the pipeline it builds, so the app can hold it
+        # now. Lazy: the web stack loads at the first request or once the workers run.
         self.endpoint = server.serve_app(
-            sock, self.status, get_pipeline().find("memory"), token=args.token
+            sock, self.status, get_pipeline().find("memory"), token=args.token, lazy=True
         )
 
     def launch(self) -> int:
@@ -556,6 +561,11 @@ class _Run:
         env = os.environ
         if self.event_log is None:  # "off" must not fall back to the variable that said so
             env = {k: v for k, v in os.environ.items() if k != "ELASTISCOPE_EVENT_LOG"}
+        extra_sinks = []
+        if self.endpoint is not None:
+            from telemetry.server import WarmUpWhenHealthy
+
+            extra_sinks.append(WarmUpWhenHealthy(self.endpoint, delay=ENDPOINT_WARM_UP_DELAY))
         try:
             pipeline = telemetry.configure(
                 event_log=self.event_log,
@@ -565,6 +575,7 @@ class _Run:
                 run_id=args.rdzv_id,
                 role=args.role,
                 env=env,
+                extra_sinks=extra_sinks,
             )
         except telemetry.ConfigError as e:
             raise UsageError(str(e)) from None
@@ -723,6 +734,7 @@ class _Run:
         linger = self.args.metrics_linger
         if linger <= 0 or self.endpoint.error is not None:
             return
+        self.endpoint.warm_up()  # a short job may end before anything asked for the app
         try:
             self.endpoint.wait_for_scrape(after=time.monotonic(), timeout=linger)
         except KeyboardInterrupt:

@@ -35,6 +35,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from telemetry.pipeline import Sink
+
 if TYPE_CHECKING:  # pragma: no cover
     from telemetry.sinks.memory import MemorySink
 
@@ -47,6 +49,7 @@ __all__ = [
     "bind_socket",
     "create_app",
     "EndpointServer",
+    "WarmUpWhenHealthy",
     "check_exposure",
     "serve_app",
     "start_endpoint",
@@ -479,11 +482,16 @@ def create_app(
 class EndpointServer:
     """uvicorn on a pre-bound socket, in a daemon thread.
 
-    ``app_factory`` runs on that thread, so the web stack's import cost overlaps with whatever
-    the caller does next. ``stop`` is safe at any point, even before the app exists.
+    The socket listens from the moment it is bound, so a client can always connect. With
+    ``lazy`` the thread waits (in ``select``, costing nothing) before it loads the web stack and
+    the app: until a client connects, or until ``warm_up`` asks for it, whichever comes first.
+    A connection made meanwhile waits in the backlog and is answered once the app is up (about
+    a second). That keeps FastAPI, pydantic and uvicorn off a job's start-up path entirely; the
+    agent warms the endpoint up once its workers are running and it has nothing else to do.
+    ``stop`` is safe at any point, even before the app exists.
     """
 
-    def __init__(self, sock: socket.socket, app_factory: Callable[[], Any]) -> None:
+    def __init__(self, sock: socket.socket, app_factory: Callable[[], Any], lazy: bool = False) -> None:
         self.sock = sock
         self.url = _url_of(sock)
         self.host, self.port = sock.getsockname()[:2]
@@ -492,6 +500,8 @@ class EndpointServer:
         self._lock = threading.Lock()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._load_at: float | None = None if lazy else 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
         self.error: BaseException | None = None
         self.last_scrape: float | None = None  # monotonic time of the latest /metrics answer
         self._scraped = threading.Condition()
@@ -515,13 +525,53 @@ class EndpointServer:
                 self._scraped.wait(remaining)
             return True
 
+    def warm_up(self, delay: float = 0.0) -> None:
+        """Load the app ``delay`` seconds from now (an earlier request wins) if not loaded yet."""
+        at = time.monotonic() + max(0.0, delay)
+        with self._lock:
+            if self._load_at is not None and self._load_at <= at:
+                return
+            self._load_at = at
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
     def start(self) -> "EndpointServer":
         self._thread = threading.Thread(target=self._serve, name="elastiscope-endpoint", daemon=True)
         self._thread.start()
         return self
 
+    def _wait_until_needed(self) -> bool:
+        """False if stopped first; True once a client is waiting or the load time has come."""
+        import selectors
+
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                with self._lock:
+                    if self._stopping:
+                        return False
+                    load_at = self._load_at
+                timeout = None if load_at is None else max(0.0, load_at - time.monotonic())
+                if timeout == 0.0:
+                    return True
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is self.sock:
+                        return True
+                    try:
+                        self._wake_r.recv(64)
+                    except OSError:
+                        pass
+
     def _serve(self) -> None:
         try:
+            if not self._wait_until_needed():
+                return
             import uvicorn
 
             app = self._app_factory()
@@ -544,10 +594,16 @@ class EndpointServer:
             self.error = e
             log.warning("metrics endpoint stopped: %s: %s", type(e).__name__, e)
         finally:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            for s in (self.sock, self._wake_r, self._wake_w):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    @property
+    def loaded(self) -> bool:
+        """The app exists (or is being built): requests are, or will shortly be, answered."""
+        return self._server is not None
 
     @property
     def serving(self) -> bool:
@@ -570,12 +626,37 @@ class EndpointServer:
         with self._lock:
             self._stopping = True
             server = self._server
+        self._wake()
         if server is not None:
             server.should_exit = True
             # Open event streams would otherwise hold the graceful shutdown for its full timeout.
             server.force_exit = True
         if self._thread is not None and timeout > 0:
             self._thread.join(timeout)
+
+
+class WarmUpWhenHealthy(Sink):
+    """A pipeline sink that warms a lazy endpoint up once the worker group turns HEALTHY.
+
+    By then the agent is only watching its workers, so loading the web stack takes nothing
+    from the job's start-up; ``delay`` leaves the workers' own start-up alone too.
+    """
+
+    name = "endpoint_warm_up"
+    synchronous = True
+    events = True
+    metrics = False
+
+    def __init__(self, server: EndpointServer, delay: float = 1.0) -> None:
+        self._server = server
+        self._delay = delay
+
+    def wants(self, record: object) -> bool:
+        return getattr(record, "name", None) == "elastiscope.agent.state_change"
+
+    def emit(self, record: Any) -> None:
+        if record.metadata.get("state") == "HEALTHY":
+            self._server.warm_up(self._delay)
 
 
 def check_exposure(host: str, token: str | None, token_required: bool = True) -> None:
@@ -594,8 +675,10 @@ def serve_app(
     *,
     token: str | None = None,
     metrics: MetricsRenderer | None = None,
+    lazy: bool = False,
 ) -> EndpointServer:
-    """Serve the endpoint app on an already bound socket, from a daemon thread."""
+    """Serve the endpoint app on an already bound socket, from a daemon thread (see ``lazy``
+    on :class:`EndpointServer`)."""
     holder: list[EndpointServer] = []
 
     def build():
@@ -607,7 +690,7 @@ def serve_app(
             on_metrics_scrape=lambda: holder[0].note_scrape(),
         )
 
-    server = EndpointServer(sock, build)
+    server = EndpointServer(sock, build, lazy=lazy)
     holder.append(server)
     return server.start()
 

@@ -164,19 +164,10 @@ def test_run_trains_the_example_while_serving_metrics_and_status(launch, tmp_pat
                      metrics, re.M), metrics
     assert f'run_id="{status["run_id"]}"' in metrics
     assert "train_ddp: done: 150 steps" in run.stdout
-    names = [e["name"] for e in read_events(tmp_path / event_log)]
-    assert names[0] == "elastiscope.endpoint.started" and "elastiscope.agent.run_end" in names
-
-
-def test_endpoint_started_event_carries_the_printed_url(launch, tmp_path):
-    script = write_script(tmp_path, "noop.py", "pass\n")
-    run = launch("run", "--metrics-linger", "0", script)
-    base = run.wait_line(URL_LINE).group(1)
-    event_log = run.wait_line(LOG_LINE).group(1)
-    assert run.wait() == 0, run.stderr
-    started = [e for e in read_events(tmp_path / event_log)
-               if e["name"] == "elastiscope.endpoint.started"]
-    assert [e["metadata"]["url"] for e in started] == [base]
+    events = read_events(tmp_path / event_log)
+    assert events[0]["name"] == "elastiscope.endpoint.started"
+    assert events[0]["metadata"]["url"] == base  # the URL printed is the URL recorded
+    assert "elastiscope.agent.run_end" in [e["name"] for e in events]
 
 
 # ---- the same script under torchrun and under elastiscope -----------------------------------

@@ -16,7 +16,15 @@ import jsonschema
 import pytest
 
 from telemetry.events import Event, EventSource
-from telemetry.server import EndpointError, bind_socket, create_app, is_loopback, start_endpoint
+from telemetry.server import (
+    EndpointError,
+    WarmUpWhenHealthy,
+    bind_socket,
+    create_app,
+    is_loopback,
+    serve_app,
+    start_endpoint,
+)
 from telemetry.sinks.memory import MemorySink
 
 pytestmark = pytest.mark.timeout(60)
@@ -292,6 +300,37 @@ def test_stop_ends_the_server_thread_even_with_an_open_event_stream(serve):
     server.stop(timeout=10)
     assert not server._thread.is_alive()
     assert time.monotonic() - started < 5
+
+
+@pytest.fixture
+def lazy_server(sink):
+    server = serve_app(bind_socket("127.0.0.1", 0), healthy_status, sink, lazy=True)
+    yield server
+    server.stop(timeout=5)
+
+
+def test_lazy_endpoint_loads_at_the_first_request(lazy_server):
+    assert not lazy_server.loaded
+    response = httpx.get(lazy_server.url + "/healthz", timeout=30)
+    assert response.status_code == 200 and lazy_server.loaded
+
+
+def test_lazy_endpoint_loads_when_warmed_up_without_any_request(lazy_server):
+    lazy_server.warm_up(0)
+    assert lazy_server.wait_serving(20)
+
+
+def test_lazy_endpoint_stops_without_ever_loading(lazy_server):
+    lazy_server.stop(timeout=5)
+    assert not lazy_server._thread.is_alive() and not lazy_server.loaded
+
+
+def test_workers_turning_healthy_warm_the_endpoint_up(lazy_server):
+    warmer = WarmUpWhenHealthy(lazy_server, delay=0)
+    warmer.emit(agent_event(state="INIT"))
+    assert not lazy_server.loaded
+    warmer.emit(agent_event(state="HEALTHY"))
+    assert lazy_server.wait_serving(20)
 
 
 def test_importing_the_server_module_does_not_import_the_web_stack():
