@@ -290,3 +290,68 @@ def test_sigterm_stops_the_workers_and_exits_1_like_torchrun(launch, tmp_path):
     assert run.wait(60) == 1
     assert "stopped by SIGTERM" in run.stderr
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+
+
+# ---- the command line itself: torchrun's flags, torchrun's defaults --------------------------
+
+TORCHRUN_ARGV = [
+    "--nnodes=1:2", "--nproc_per_node=3", "--rdzv-backend=c10d", "--rdzv_endpoint=h:1",
+    "--rdzv-id=job", "--rdzv_conf=timeout=5", "--standalone", "--max_restarts=2",
+    "--monitor-interval=0.5", "--start_method=fork", "--event_log_handler=console",
+    "--role=trainer", "-m", "--no_python", "--run-path", "--log_dir=/tmp/x", "-r", "3",
+    "-t", "0:1", "--local_ranks_filter=0", "--duplicate_stdout_filters=a,,b,c",
+    "--duplicate-stderr-filters=e", "--node_rank=1", "--master_addr=a", "--master_port=5",
+    "--local_addr=b", "--logs_specs=x", "--numa_binding=node", "--signals_to_handle=SIGTERM",
+    "--shutdown_timeout=5", "--virtual-local-rank", "script.py", "--lr", "0.1",
+]
+
+
+def torchrun_parser():
+    from torch.distributed.run import get_args_parser
+
+    return get_args_parser()
+
+
+def test_every_torchrun_flag_has_the_same_spellings_and_default():
+    from agent.cli import build_run_parser
+
+    ours = {s: a for a in build_run_parser()._actions for s in a.option_strings}
+    for action in torchrun_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        mine = ours.get(action.option_strings[0])
+        assert mine is not None, f"missing {action.option_strings}"
+        assert set(action.option_strings) <= set(mine.option_strings)
+        assert (mine.dest, mine.default) == (action.dest, action.default), action.dest
+        assert list(mine.choices or []) == list(action.choices or []), action.dest
+
+
+def test_a_full_torchrun_command_line_parses_to_the_same_values():
+    from agent.cli import build_run_parser
+
+    theirs = vars(torchrun_parser().parse_args(TORCHRUN_ARGV))
+    ours = vars(build_run_parser().parse_args(TORCHRUN_ARGV))
+    assert {k: ours[k] for k in theirs} == theirs
+
+
+def test_pet_environment_variables_set_defaults_like_torchrun(monkeypatch):
+    from agent.cli import build_run_parser
+
+    monkeypatch.setenv("PET_NPROC_PER_NODE", "3")
+    monkeypatch.setenv("PET_STANDALONE", "1")
+    monkeypatch.setenv("PET_MAX_RESTARTS", "4")
+    theirs = vars(torchrun_parser().parse_args(["s.py"]))
+    ours = vars(build_run_parser().parse_args(["s.py"]))
+    assert {k: ours[k] for k in theirs} == theirs
+    assert (ours["nproc_per_node"], ours["standalone"], ours["max_restarts"]) == ("3", True, 4)
+
+
+def test_observability_flags_read_elastiscope_variables(monkeypatch):
+    from agent.cli import build_run_parser
+
+    monkeypatch.setenv("ELASTISCOPE_METRICS_PORT", "off")
+    monkeypatch.setenv("ELASTISCOPE_TOKEN", "t0k")
+    monkeypatch.setenv("ELASTISCOPE_NO_TOKEN_REQUIRED", "1")
+    args = build_run_parser().parse_args(["s.py"])
+    assert (args.metrics_port, args.token, args.no_token_required) == (None, "t0k", True)
+    assert (args.metrics_host, args.metrics_linger) == ("127.0.0.1", 5.0)
