@@ -275,6 +275,26 @@ class Prometheus(_ServerProcess):
     def targets(self) -> list[dict[str, Any]]:
         return self.api("targets")["activeTargets"]
 
+    def wait_for_rule_evaluation(self, after: float, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """Every loaded rule, once each has been evaluated later than epoch time ``after``."""
+
+        def evaluated() -> list[dict[str, Any]] | None:
+            rules = [rule for group in self.rule_groups() for rule in group["rules"]]
+            if rules and all(_epoch(rule["lastEvaluation"]) > after for rule in rules):
+                return rules
+            return None
+
+        return wait_until(evaluated, timeout=timeout, what="a rule evaluation of every rule")
+
+
+def _epoch(rfc3339: str) -> float:
+    """Seconds since the epoch of Prometheus' RFC 3339 timestamps (nanoseconds, 'Z' suffix)."""
+    from datetime import datetime
+
+    seconds, _, fraction = rfc3339.rstrip("Z").partition(".")
+    whole = datetime.fromisoformat(seconds + "+00:00").timestamp()
+    return whole + (float("0." + fraction) if fraction else 0.0)
+
 
 # ---------------------------------------------------------------------------------------------
 # The PromQL held by the dashboards and the rule files

@@ -9,6 +9,7 @@ torch pin to scripts/install. `docker compose config` runs where a compose clien
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -200,13 +201,41 @@ def test_the_script_the_stack_runs_is_in_the_image(services):
         assert source is not None and source.is_file(), f"{script} is not copied into the image"
 
 
-def test_trainer_command_is_accepted_by_elastiscope_run(services):
+def stack_commands(services) -> dict[str, list[str]]:
+    """The `elastiscope run` arguments of the compose trainer and of the image's default CMD."""
+    return {"compose trainer": services["trainer"]["command"],
+            "image CMD": yaml.safe_load(dict(dockerfile_instructions())["CMD"])}
+
+
+def parse_run_command(args: list[str]):
     cli = pytest.importorskip("agent.cli", reason="agent/cli.py (elastiscope run) not built yet")
-    parser = cli.build_parser()
-    for args in (services["trainer"]["command"],
-                 yaml.safe_load(dict(dockerfile_instructions())["CMD"])):
-        parsed = parser.parse_args(["run", *args])
-        assert parsed.metrics_port == 9400
+    parsed = cli.build_run_parser().parse_args(args)
+    # The script lives in the image; check the command against the file it is copied from.
+    parsed.training_script = str(image_path_to_repo(parsed.training_script))
+    cli.check_run_args(parsed)
+    return parsed
+
+
+def test_stack_commands_are_accepted_by_elastiscope_run(services):
+    for where, args in stack_commands(services).items():
+        parsed = parse_run_command(args)
+        assert parsed.metrics_port == 9400, where
+
+
+def test_stack_commands_are_accepted_by_the_example(services):
+    spec = importlib.util.spec_from_file_location("train_ddp", ph.ROOT / "examples" / "train_ddp.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    for where, args in stack_commands(services).items():
+        options = example.parse_args(parse_run_command(args).training_script_args)
+        assert options.crash_once_rank is not None and options.crash_at_step is not None, where
+
+
+def test_trainer_endpoint_without_token_is_not_published(services):
+    trainer = services["trainer"]
+    parsed = parse_run_command(trainer["command"])
+    if parsed.token is None and "ELASTISCOPE_TOKEN" not in trainer.get("environment", {}):
+        assert not trainer.get("ports"), "an endpoint without a token must stay inside the stack"
 
 
 # -- Prometheus ---------------------------------------------------------------------------------
