@@ -37,10 +37,17 @@ PROMETHEUS_SYNTHETIC_SERIES = frozenset({"up"})
 
 
 def require_binary(name: str) -> str:
-    """The path of ``name`` on PATH, or skip the calling test saying how to get it."""
+    """The path of ``name`` on PATH, or skip the calling test saying how to get it.
+
+    In CI (CI set, as .ci/run is) a missing binary fails instead: CI installs them through
+    scripts/install --dev, so a skip there would hide a broken install step.
+    """
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} not installed (bash scripts/install-prometheus installs it)")
+        message = f"{name} not installed (bash scripts/install-prometheus installs it)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 
