@@ -414,6 +414,18 @@ def variable_selectors(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
+def catalogue_sample_names() -> set[str]:
+    """Sample names the agent's metric catalogue exports (histograms as _bucket/_sum/_count)."""
+    metrics = pytest.importorskip("telemetry.metrics", reason="telemetry.metrics not built yet")
+    names = set()
+    for series in metrics.CATALOGUE:
+        if series.type == "histogram":
+            names |= {f"{series.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+        else:
+            names.add(series.name)
+    return names
+
+
 def load_rules(path: Path = RULES_FILE) -> list[dict[str, Any]]:
     """Every recording and alerting rule of a rule file, each with its group's name under 'group'."""
     document = yaml.safe_load(path.read_text())

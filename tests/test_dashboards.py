@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -30,18 +29,6 @@ PANEL_TYPES_BY_SCHEMA_VERSION = {
     }),
 }
 REQUIRED_VARIABLES = {"datasource", "job", "instance", "role", "run"}
-
-
-def catalogue_sample_names() -> set[str]:
-    """Sample names the agent's catalogue exports (histograms as _bucket/_sum/_count)."""
-    metrics = pytest.importorskip("telemetry.metrics", reason="telemetry.metrics not built yet")
-    names = set()
-    for series in metrics.CATALOGUE:
-        if series.type == "histogram":
-            names |= {f"{series.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
-        else:
-            names.add(series.name)
-    return names
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +148,8 @@ def test_every_dashboard_query_is_valid_promql(tmp_path):
 
 
 def test_dashboard_queries_name_only_catalogue_series(dashboards):
-    known = catalogue_sample_names() | ph.recorded_names(ph.load_rules()) | ph.PROMETHEUS_SYNTHETIC_SERIES
+    known = (ph.catalogue_sample_names() | ph.recorded_names(ph.load_rules())
+             | ph.PROMETHEUS_SYNTHETIC_SERIES)
     for file_name, dashboard in dashboards.items():
         queries = (ph.panel_queries(dashboard) + ph.variable_selectors(dashboard)
                    + ph.annotation_queries(dashboard))
@@ -172,7 +160,7 @@ def test_dashboard_queries_name_only_catalogue_series(dashboards):
 
 def test_dashboards_cover_the_catalogue():
     # A series on no panel is one users cannot see without writing PromQL themselves.
-    exported = {name.removesuffix("_bucket") for name in catalogue_sample_names()
+    exported = {name.removesuffix("_bucket") for name in ph.catalogue_sample_names()
                 if not name.endswith(("_sum", "_count"))}
     shown = set().union(*(ph.metric_names(ph.promql_from_grafana(expr))
                           for _file, dashboard in ph.load_dashboards().items()

@@ -8,7 +8,6 @@ import pytest
 import yaml
 
 import prom_harness as ph
-from test_dashboards import catalogue_sample_names
 
 # The situations the brief asks to be paged for, and the alert that covers each.
 REQUIRED_ALERTS = {
@@ -85,7 +84,7 @@ def test_recording_rules_follow_the_level_metric_operations_convention(rules):
 
 
 def test_rules_name_only_catalogue_series(rules):
-    known = catalogue_sample_names() | ph.recorded_names(rules) | ph.PROMETHEUS_SYNTHETIC_SERIES
+    known = ph.catalogue_sample_names() | ph.recorded_names(rules) | ph.PROMETHEUS_SYNTHETIC_SERIES
     for rule in rules:
         unknown = ph.metric_names(rule["expr"]) - known
         assert not unknown, f"{rule.get('alert') or rule.get('record')}: {sorted(unknown)}"
