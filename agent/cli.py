@@ -231,11 +231,11 @@ def build_run_parser() -> argparse.ArgumentParser:
     ours_value, ours_flag = _ours(env), _ours(flag)
     obs = p.add_argument_group("observability (elastiscope)")
     obs.add_argument("--metrics-host", action=ours_value, type=str, default="127.0.0.1",
-                     help="address of the HTTP endpoint (default 127.0.0.1)")
+                     metavar="HOST", help="address of the HTTP endpoint (default 127.0.0.1)")
     obs.add_argument("--metrics-port", action=ours_value, type=_port_or_off, default="0",
-                     help="port of the HTTP endpoint: 0 for a free one (default), off to disable")
+                     metavar="PORT", help="port of the HTTP endpoint: 0 for a free one (default), off to disable")
     obs.add_argument("--metrics-linger", action=ours_value, type=_non_negative_seconds,
-                     default=str(DEFAULT_METRICS_LINGER),
+                     default=str(DEFAULT_METRICS_LINGER), metavar="SECONDS",
                      help="seconds the endpoint stays up after the job ends, unless /metrics is "
                      f"scraped sooner (default {DEFAULT_METRICS_LINGER:g})")
     obs.add_argument("--event-log", action=ours_value, type=str, default=None, metavar="PATH",
@@ -248,7 +248,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     obs.add_argument("--log-format", action=ours_value, type=str, default="auto",
                      choices=["auto", "json", "console"],
                      help="agent log lines: console, json, or auto (console on a terminal)")
-    obs.add_argument("--token", action=ours_value, type=str, default=None,
+    obs.add_argument("--token", action=ours_value, type=str, default=None, metavar="TOKEN",
                      help="bearer token required by the endpoint (not by /healthz, /readyz)")
     obs.add_argument("--no-token-required", action=ours_flag,
                      help="allow a non-loopback --metrics-host without --token")

@@ -34,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=8192, help="size of the synthetic data set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--checkpoint-dir", default="checkpoints", help="'' disables checkpointing")
+    p.add_argument("--checkpoint-dir", default=os.path.join("runs", "checkpoints"),
+                   help="where rank 0 saves and every rank resumes from; '' disables it")
     p.add_argument("--checkpoint-every", type=int, default=20)
     p.add_argument("--crash-once-rank", type=int, default=None,
                    help="global rank that raises once, on the first attempt only")
