@@ -7,6 +7,7 @@ serves every test; the crash-once run and a job too short to be scraped each run
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -197,6 +198,19 @@ def test_every_dashboard_and_rule_query_evaluates_without_error(stack, crash_onc
         except ph.PromQLError as error:
             errors.append(f"{where}: {error}")
     assert not errors, "\n".join(errors)
+
+
+def test_every_panel_shows_the_run(stack, crash_once):
+    # A failure, a restart and a success touch every panel; one that stays blank (no finite
+    # value at any step) would show users nothing either.
+    blank = []
+    for file_name, dashboard in ph.load_dashboards().items():
+        for where, expr in ph.panel_queries(dashboard):
+            series = stack.prometheus.query_range(
+                ph.promql_from_grafana(expr), start=crash_once.started, end=time.time(), step=1)
+            if not any(math.isfinite(float(value)) for s in series for _, value in s["values"]):
+                blank.append(f"{file_name}: {where}")
+    assert not blank, "\n".join(blank)
 
 
 def test_queries_name_only_series_the_run_exported(stack, crash_once):

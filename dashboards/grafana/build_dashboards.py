@@ -53,17 +53,26 @@ def targets(*specs: tuple[str, str], instant: bool = False) -> list[dict]:
     return [target(expr, legend, chr(ord("A") + i), instant) for i, (expr, legend) in enumerate(specs)]
 
 
-def quantiles(histogram: str, by: str, window: str = "$__rate_interval", legend_prefix: str = "") -> list[dict]:
-    """p50/p90/p99 of a histogram over ``window``, one line per ``by`` group."""
-    specs = []
-    for q in ("0.5", "0.9", "0.99"):
-        expr = (
-            f"histogram_quantile({q}, sum by (le, {by}) "
-            f"(rate({histogram}_bucket{{{AGENT}}}[{window}])))"
-        )
-        label = " ".join(f"{{{{{name.strip()}}}}}" for name in by.split(","))
-        specs.append((expr, f"{legend_prefix}p{int(float(q) * 100)} {label}".strip()))
-    return targets(*specs)
+def increase_counting_births(series: str, window: str) -> str:
+    """What ``series`` grew by over ``window``, counting series born inside the window.
+
+    Elastiscope creates a labelled counter or histogram child on its first event, so the
+    first sample already holds that event and increase() (which needs two samples) misses it:
+    a single restart would never show. A series absent ``window`` ago is new, and its current
+    value is its whole increase; every other series goes through increase().
+    """
+    born = f"({series} unless {series} offset {window})"
+    return f"(increase({series}[{window}]) unless {born}) or {born}"
+
+
+def quantiles(histogram: str, by: str, window: str = "$__rate_interval") -> list[dict]:
+    """p50/p90/p99 of a histogram's observations within ``window``, one line per ``by`` group."""
+    buckets = increase_counting_births(f"{histogram}_bucket{{{AGENT}}}", window)
+    label = " ".join(f"{{{{{name.strip()}}}}}" for name in by.split(","))
+    return targets(*[
+        (f"histogram_quantile({q}, sum by (le, {by}) ({buckets}))", f"p{int(float(q) * 100)} {label}")
+        for q in ("0.5", "0.9", "0.99")
+    ])
 
 
 def state_code_expr() -> str:
