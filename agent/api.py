@@ -673,13 +673,12 @@ class SimpleElasticAgent(ElasticAgent):
             self._worker_group.state, self._exit_barrier_timeout,
         )
         from torch.distributed.elastic.multiprocessing import SignalException
-        from torch.distributed.elastic.utils import store as store_util
 
         started = time.time()
         self._in_exit_barrier = True
         try:
             with tracing.span("exit_barrier", role=self._worker_group.spec.role):
-                store_util.barrier(
+                _barrier_between_agents(
                     store=self._store,
                     world_size=self._worker_group.group_world_size,
                     key_prefix=_TERMINAL_STATE_SYNC_ID,
@@ -870,6 +869,26 @@ class SimpleElasticAgent(ElasticAgent):
             nodes_waiting=nodes_waiting,
             failed_ranks=json.dumps(failed_ranks),
         )
+
+
+def _barrier_between_agents(
+    store, world_size: int, key_prefix: str, barrier_timeout: float, poll_interval: float = 0.05
+) -> None:
+    """torch's agent barrier (``store_util.barrier``: same keys, so mixed agents still meet),
+    waiting in Python instead of in ``store.wait``.
+
+    ``store.wait`` blocks in C++, where Python runs no signal handler: a SIGTERM sent to an
+    agent in the exit barrier took effect only when the barrier ended, up to
+    ``exit_barrier_timeout`` (300 s) later. Between short polls the handler runs at once.
+    """
+    last_member_key = f"{key_prefix}/last_member"
+    if store.add(f"{key_prefix}/num_members", 1) == world_size:
+        store.set(last_member_key, "<val_ignored>")
+    deadline = time.monotonic() + barrier_timeout
+    while not store.check([last_member_key]):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"exit barrier: not every agent arrived within {barrier_timeout}s")
+        time.sleep(poll_interval)
 
 
 def _emit_state_change(group: WorkerGroup, old: WorkerState, new: WorkerState) -> None:
