@@ -265,8 +265,11 @@ def setup_otel(settings: Any) -> OtelHandle:
 
     env = settings.otel_env
     resource = _resource(env)
-    tracer_provider = TracerProvider(resource=resource)
-    logger_provider = LoggerProvider(resource=resource)
+    # No atexit hooks of the SDK's own: they shut the providers down without a deadline, so a
+    # collector that is down held the agent's exit for the exporters' full retry time (12 s+).
+    # OtelHandle.shutdown, run by the pipeline's exit paths, flushes within our deadline.
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    logger_provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
 
     span_exporter = log_exporter = None
     if settings.otlp_endpoint:
