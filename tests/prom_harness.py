@@ -456,10 +456,12 @@ def all_queries() -> list[tuple[str, str]]:
     return queries
 
 
-def environment_without_proxies() -> dict[str, str]:
-    """os.environ minus HTTP proxy settings, so children talk to 127.0.0.1 directly."""
+def child_environment() -> dict[str, str]:
+    """os.environ for a process under test: no HTTP proxy (servers are on 127.0.0.1) and none of
+    the ELASTISCOPE_* / PET_* settings of whoever runs the tests (the test's flags decide)."""
     return {
         key: value
         for key, value in os.environ.items()
         if key.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+        and not key.startswith(("ELASTISCOPE_", "PET_"))
     }

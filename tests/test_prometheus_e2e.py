@@ -28,7 +28,8 @@ TRAIN_DDP = ph.ROOT / "examples" / "train_ddp.py"
 SCRAPE_JOB = "elastiscope"
 PUSHGATEWAY_JOB = "pushgateway"
 RUN_TIMEOUT = 90.0
-# The agent keeps serving /metrics this long after the run, so a 1 s scrape sees the final state.
+# The agent keeps serving /metrics after the run until the next scrape (at most this long),
+# so Prometheus sees the final state.
 LINGER_SECONDS = 3
 
 
@@ -67,7 +68,7 @@ def run_elastiscope(args: list[str], workdir: Path) -> Run:
     process = subprocess.Popen(
         [*elastiscope_command(), "run", *args],
         cwd=workdir,
-        env=ph.environment_without_proxies(),
+        env=ph.child_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
