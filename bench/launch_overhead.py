@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,17 +88,29 @@ class TreeSampler:
         return self.peak
 
 
-def run_once(argv: list[str], script: Path, cwd: Path, env: dict[str, str]) -> dict[str, float]:
+class RunFailed(Exception):
+    pass
+
+
+def run_once(argv: list[str], script: Path, cwd: Path, env: dict[str, str],
+             timeout: float) -> dict[str, float]:
     started = time.perf_counter()
-    proc = subprocess.Popen([*argv, str(script)], cwd=cwd, env=env,
+    proc = subprocess.Popen([*argv, str(script)], cwd=cwd, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sampler = TreeSampler(proc.pid)
-    _, status, usage = os.wait4(proc.pid, 0)
+    # A launcher that hangs is killed (with its whole session) and reported, not waited for.
+    watchdog = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
+    watchdog.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        watchdog.cancel()
     wall = time.perf_counter() - started
     tree_peak = sampler.stop()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{argv[:4]}... exited {proc.returncode}")
+        what = "hung and was killed" if wall >= timeout else f"exited {proc.returncode}"
+        raise RunFailed(f"{' '.join(argv[2:4])} {what} after {wall:.1f}s")
     return {"wall_s": wall, "tree_rss_mib": tree_peak / 2**20, "launcher_rss_mib": usage.ru_maxrss / 1024}
 
 
@@ -111,6 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--nproc", type=int, default=4)
     p.add_argument("--variants", action="store_true", help="also measure with the endpoint off")
     p.add_argument("--json", metavar="PATH", help="write raw samples and summaries here")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is killed")
     args = p.parse_args(argv)
 
     env = dict(os.environ)
@@ -125,17 +139,31 @@ def main(argv=None) -> int:
         script.write_text("pass\n")
         commands = launchers(workdir, args.nproc, args.variants)
         names = list(commands)
+        failures: list[str] = []
+
+        def measure(name: str) -> dict[str, float] | None:
+            try:
+                return run_once(commands[name], script, workdir, env, args.timeout)
+            except RunFailed as e:
+                failures.append(f"{name}: {e}")
+                print(f"FAILED {name}: {e}", file=sys.stderr)
+                return None
+
         for name in names:  # warm-up: page cache, .pyc files
-            run_once(commands[name], script, workdir, env)
+            measure(name)
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         for rep in range(args.reps):
             order = names if rep % 2 == 0 else list(reversed(names))
             for name in order:
-                samples[name].append(run_once(commands[name], script, workdir, env))
+                sample = measure(name)
+                if sample is None:
+                    continue
+                samples[name].append(sample)
                 print(f"rep {rep} {name:28s} " + "  ".join(
-                    f"{k}={v:.3f}" for k, v in samples[name][-1].items()), file=sys.stderr)
+                    f"{k}={v:.3f}" for k, v in sample.items()), file=sys.stderr)
 
-    result = {"nproc": args.nproc, "reps": args.reps, "cpus": os.cpu_count(), "launchers": {}}
+    result = {"nproc": args.nproc, "reps": args.reps, "cpus": os.cpu_count(),
+              "load_average_end": os.getloadavg(), "failures": failures, "launchers": {}}
     for name in names:
         result["launchers"][name] = {
             metric: summary([s[metric] for s in samples[name]])
@@ -161,9 +189,11 @@ def main(argv=None) -> int:
         print(f"{name}: wall {ratios['wall_s']:.2f}x, tree RSS {ratios['tree_rss_mib']:.2f}x, "
               f"launcher RSS {ratios['launcher_rss_mib']:.2f}x torchrun -> {verdict} the goal "
               "(wall <= 1.0x, RSS <= 1.1x)")
+    for failure in failures:
+        print(f"run failed (excluded): {failure}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
