@@ -589,8 +589,11 @@ class _Run:
         args = self.args
         if self.endpoint is not None:
             url = self.endpoint.url
+            from agent.api import _get_fq_hostname
+
             emit(Event("elastiscope.endpoint.started", EventSource.AGENT, metadata={
-                "run_id": args.rdzv_id, "role": args.role, "url": url,
+                "run_id": args.rdzv_id, "role": args.role, "group_rank": None,
+                "hostname": _get_fq_hostname(), "url": url,
                 "host": str(self.endpoint.host), "port": int(self.endpoint.port),
                 "token_required": bool(args.token), "pid": os.getpid(),
             }))

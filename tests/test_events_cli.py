@@ -208,3 +208,10 @@ def test_events_command_defaults_to_the_runs_directory(crash_log, tmp_path):
     write_log(tmp_path / "runs" / "x.jsonl", crash_and_restart_log())
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 0 and "runs/x.jsonl" in result.stdout, result.stderr
+
+
+def test_all_lists_every_event_not_only_the_milestones(crash_log):
+    runs = timeline.read_runs(crash_log)
+    short, full = timeline.render(runs, crash_log), timeline.render(runs, crash_log, show_all=True)
+    assert "torchelastic.worker.status.START" not in short
+    assert full.count("torchelastic.worker.status.START") == 4
