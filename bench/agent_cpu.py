@@ -35,9 +35,10 @@ LAUNCHERS = {
 
 WORKER = """\
 import os, sys, time
-out = sys.argv[1]
-with open(os.path.join(out, f"start.{os.environ['RANK']}"), "w") as f:
+out, rank = sys.argv[1], os.environ["RANK"]
+with open(os.path.join(out, f".start.{rank}"), "w") as f:
     f.write(str(os.getpid()))
+os.replace(os.path.join(out, f".start.{rank}"), os.path.join(out, f"start.{rank}"))
 time.sleep(float(sys.argv[2]))
 """
 

@@ -405,16 +405,17 @@ def test_sigkilled_agent_leaves_no_worker_alive(tmp_path):
         kill_quietly(pids)
 
 
-def test_sigtermed_agent_stops_workers_and_records_a_signaled_run_end(tmp_path):
-    grace = 20  # long: workers that die on SIGTERM must not be waiting for the SIGKILL
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_signalled_agent_stops_workers_and_records_a_signaled_run_end(tmp_path, sig):
+    grace = 20  # long: workers that die on the signal must not be waiting for the SIGKILL
     agent, events = _start_agent_process(tmp_path, nproc=4, shutdown_timeout=grace)
     pids = []
     try:
         pids = wait_until(lambda: read_pids(tmp_path, 4), 30)
         born = create_times(pids)
-        agent.send_signal(signal.SIGTERM)
+        agent.send_signal(sig)
         signalled = time.monotonic()
-        assert agent.wait(grace) == 128 + signal.SIGTERM
+        assert agent.wait(grace) == 128 + sig
         wait_until(lambda: not any(process_alive(p, born[p]) for p in pids), 1.0)
         assert time.monotonic() - signalled < grace / 2
         records = [json.loads(line) for line in events.read_text().splitlines()]
