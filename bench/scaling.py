@@ -18,7 +18,8 @@
 * events (1k to 100k events/s for a few seconds): through the default sinks of
   ``telemetry.configure`` (memory ring, log context, Prometheus, JSONL event log), paced by a
   producer thread like the agent's: CPU seconds per second of traffic (producer and delivery
-  threads together, until everything is written), drops, and how far the event log lags.
+  threads together, until everything is written), drops, and how far the event log lags; and
+  the same traffic into a pipeline with no sinks, the floor (pacing loop and dispatch).
   Ours only: torchrun has no event pipeline (its events go to a logger at the end of a run).
 """
 
@@ -203,15 +204,21 @@ def nodes_curve(counts, reps, progress=None) -> dict:
 # ---- events --------------------------------------------------------------------------------
 
 
-def events_rep(rate: int, seconds: float) -> dict:
-    """Publish ``rate`` events/s for ``seconds`` through the default sinks; costs and drops."""
+def events_rep(rate: int, seconds: float, sinks: str = "default") -> dict:
+    """Publish ``rate`` events/s for ``seconds`` through the default sinks (or none); costs and drops."""
     import telemetry
     from telemetry import record
+    from telemetry.pipeline import Pipeline, set_pipeline
     from telemetry_hotpath import agent_like_events
 
     with tempfile.TemporaryDirectory(prefix="scaling_events_") as tmp:
         log_path = os.path.join(tmp, "events.jsonl")
-        pipeline = telemetry.configure(event_log=log_path, log_format="json", bridge_torch=False, env={})
+        open(log_path, "w").close()
+        if sinks == "none":  # the pacing loop and the pipeline alone: the floor under the default sinks
+            pipeline = Pipeline([])
+            set_pipeline(pipeline)
+        else:
+            pipeline = telemetry.configure(event_log=log_path, log_format="json", bridge_torch=False, env={})
         events = agent_like_events(1000)
         total = int(rate * seconds)
         batch = max(1, rate // 1000)  # at most ~1000 wake-ups a second, whatever the rate
@@ -245,17 +252,20 @@ def events_rep(rate: int, seconds: float) -> dict:
 
 
 def events_curve(rates, reps, seconds, progress=None) -> dict:
-    metrics = ("achieved_rate", "cpu_s_per_s", "log_lag_s", "dropped", "event_log_lines")
+    metrics = ("achieved_rate", "cpu_s_per_s", "log_lag_s", "dropped", "event_log_lines", "floor_cpu_s_per_s")
     curve = {"rates": list(rates), "reps": reps, "seconds": seconds, "metrics": {m: [] for m in metrics}}
     for rate in rates:
         samples = {m: [] for m in metrics}
         for rep in range(reps):
-            row = _child("--events-rep", str(rate), str(seconds))
+            row = _child("--events-rep", str(rate), str(seconds), "default")
+            floor = _child("--events-rep", str(rate), str(seconds), "none")
+            row["floor_cpu_s_per_s"] = floor["cpu_s_per_s"]
             for m in metrics:
                 samples[m].append(row[m])
             if progress:
-                progress(f"events {rate}/s rep {rep}: cpu {row['cpu_s_per_s'] * 100:.1f}% of a core, "
-                         f"dropped {row['dropped']}, log lag {row['log_lag_s'] * 1000:.0f} ms")
+                progress(f"events {rate}/s rep {rep}: cpu {row['cpu_s_per_s'] * 100:.1f}% of a core "
+                         f"(no sinks: {floor['cpu_s_per_s'] * 100:.1f}%), dropped {row['dropped']}, "
+                         f"log lag {row['log_lag_s'] * 1000:.0f} ms")
         for m in metrics:
             curve["metrics"][m].append(common.summarize(samples[m]))
     return curve
@@ -296,7 +306,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--nodes-rep", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
-    p.add_argument("--events-rep", nargs=2, metavar=("RATE", "SECONDS"), help=argparse.SUPPRESS)
+    p.add_argument("--events-rep", nargs=3, metavar=("RATE", "SECONDS", "SINKS"), help=argparse.SUPPRESS)
     args = p.parse_args()
 
     try:
@@ -304,7 +314,7 @@ def main() -> int:
             print(json.dumps(nodes_rep(args.nodes_rep[0], int(args.nodes_rep[1]))))
             return 0
         if args.events_rep:
-            print(json.dumps(events_rep(int(args.events_rep[0]), float(args.events_rep[1]))))
+            print(json.dumps(events_rep(int(args.events_rep[0]), float(args.events_rep[1]), args.events_rep[2])))
             return 0
         sections = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = set(sections) - {"workers", "nodes", "events"}
