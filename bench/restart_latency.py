@@ -9,12 +9,13 @@ both stamped with time.time() inside the workers, so each launcher is measured t
 and from the outside. Launchers alternate, several repetitions each; the medians and their
 ratio are printed. Goal: ours <= 0.25 x torchrun's.
 
-    python bench/restart_latency.py [--repetitions 7] [--all]
+    python bench/restart_latency.py [--repetitions 7] [--all] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -26,18 +27,36 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# The two launchers. Switching ours to the real CLI is this one line:
-#   "elastiscope": ["elastiscope", "run", "--standalone"],
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+ELASTISCOPE = [sys.executable, "-m", "agent", "run", "--metrics-linger", "0"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _static(base: list[str]):
+    return lambda: [*base, "--master-addr", "127.0.0.1", "--master-port", str(_free_port())]
+
+
+# Launchers in pairs on the same rendezvous backend, so each ratio compares like with like.
+# static: torchrun's default backend (one node, a master port). c10d: --standalone, where
+# torch's c10d handler sleeps a random 0-0.3 s before a rendezvous while its round counter is
+# still 0 -- the first restart included -- for both launchers alike.
 LAUNCHERS = {
-    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone"],
-    "elastiscope": [sys.executable, str(HERE / "_launch.py"), "--rdzv-backend", "static"],
+    "torchrun-static": _static(TORCHRUN),
+    "elastiscope-static": _static(ELASTISCOPE),
+    "torchrun-c10d": lambda: [*TORCHRUN, "--standalone"],
+    "elastiscope-c10d": lambda: [*ELASTISCOPE, "--standalone"],
 }
-# With --all, two more variants of ours, for transparency. On torch's c10d handler, which
-# sleeps a random 0-0.3 s before each rendezvous while its round counter is 0 (so on the first
-# restart too); and without warm standbys, so every restart pays interpreter start-up.
+PAIRS = [("elastiscope-static", "torchrun-static"), ("elastiscope-c10d", "torchrun-c10d")]
+# With --all, ours without warm standbys too: every restart pays interpreter start-up.
 EXTRA_LAUNCHERS = {
-    "elastiscope-c10d": [sys.executable, str(HERE / "_launch.py"), "--rdzv-backend", "c10d"],
-    "elastiscope-cold": [
+    "elastiscope-static-cold": lambda: [
         sys.executable, str(HERE / "_launch.py"), "--rdzv-backend", "static", "--no-warm-standby",
     ],
 }
@@ -67,7 +86,7 @@ def run_once(launcher: list[str], worker: Path, workdir: Path, timeout: float) -
     out = Path(tempfile.mkdtemp(dir=workdir))
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     proc = subprocess.run(
-        [*launcher, *JOB_FLAGS, str(worker), str(out)],
+        [*launcher, *JOB_FLAGS, str(worker), str(out)], cwd=out,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout,
     )
     if proc.returncode != 0:
@@ -83,7 +102,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repetitions", type=int, default=7)
     p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--all", action="store_true", help="also time ours on c10d, and cold")
+    p.add_argument("--all", action="store_true", help="also time ours without warm standbys")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     args = p.parse_args()
 
     launchers = dict(LAUNCHERS, **(EXTRA_LAUNCHERS if args.all else {}))
@@ -97,23 +117,32 @@ def main() -> int:
             order = list(launchers) if rep % 2 == 0 else list(reversed(launchers))
             for name in order:
                 try:
-                    latency = run_once(launchers[name], worker, workdir, args.timeout)
+                    latency = run_once(launchers[name](), worker, workdir, args.timeout)
                 except Exception as e:  # one line, not a traceback
                     print(f"error: {name}: {e}", file=sys.stderr)
                     return 1
                 samples[name].append(latency)
-                print(f"rep {rep}: {name:16s} restart latency {latency * 1000:8.1f} ms", flush=True)
+                print(f"rep {rep}: {name:24s} restart latency {latency * 1000:8.1f} ms",
+                      file=sys.stderr if args.json else sys.stdout, flush=True)
                 time.sleep(0.2)  # let the previous job's processes finish exiting
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
+    ratios = {ours: medians[ours] / medians[theirs] for ours, theirs in PAIRS}
+    if args.json:
+        print(json.dumps({
+            "samples_ms": {k: [v * 1000 for v in vs] for k, vs in samples.items()},
+            "median_ms": {k: v * 1000 for k, v in medians.items()},
+            "ratios": {f"{ours}/{theirs}": ratios[ours] for ours, theirs in PAIRS},
+            "goal_ratio": GOAL_RATIO,
+        }))
+        return 0
     print()
     for name, values in samples.items():
         spread = ", ".join(f"{v * 1000:.0f}" for v in sorted(values))
-        ratio = medians[name] / medians["torchrun"]
-        print(f"{name:16s} median {medians[name] * 1000:8.1f} ms  ratio {ratio:.3f}  (ms: {spread})")
-    ratio = medians["elastiscope"] / medians["torchrun"]
-    print(f"ratio elastiscope/torchrun: {ratio:.3f}   goal <= {GOAL_RATIO}: "
-          f"{'met' if ratio <= GOAL_RATIO else 'NOT met'}")
+        print(f"{name:24s} median {medians[name] * 1000:8.1f} ms  (ms: {spread})")
+    for ours, theirs in PAIRS:
+        verdict = "met" if ratios[ours] <= GOAL_RATIO else "NOT met"
+        print(f"ratio {ours}/{theirs}: {ratios[ours]:.3f}   goal <= {GOAL_RATIO}: {verdict}")
     return 0
 
 

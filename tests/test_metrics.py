@@ -329,3 +329,37 @@ def test_torch_put_metric_reaches_the_series_and_the_handler_set_before(isolated
 
         torch_bridge.uninstall()
         torch_metrics.configure(previous)
+
+
+def test_bridged_rendezvous_events_skip_torchs_stack_walk():
+    """While bridged, torch's rendezvous modules record through our recorder (no
+    inspect.stack() per event, which cost seconds per restart in a loaded agent), the events
+    keep torch's names, and uninstall() hands torch its own recorder back."""
+    import uuid
+
+    import torch.distributed.elastic.events as torch_events
+    import torch.distributed.elastic.rendezvous.dynamic_rendezvous as dyn
+    import torch.distributed.elastic.rendezvous.registry as registry
+    from torch.distributed.elastic.rendezvous import RendezvousParameters
+
+    from telemetry import Pipeline, set_pipeline, torch_bridge
+    from telemetry.sinks.memory import MemorySink
+    from telemetry_jobs import telemetry_isolation
+
+    memory = MemorySink()
+    params = RendezvousParameters(
+        backend="c10d", endpoint="127.0.0.1:0", run_id=str(uuid.uuid4()), min_nodes=1, max_nodes=1)
+    with telemetry_isolation():
+        set_pipeline(Pipeline([memory]))
+        torch_bridge.install()
+        try:
+            assert dyn.construct_and_record_rdzv_event is not torch_events.construct_and_record_rdzv_event
+            handler = registry.get_rendezvous_handler(params)
+            handler.next_rendezvous()
+            handler.shutdown()
+        finally:
+            torch_bridge.uninstall()
+    assert dyn.construct_and_record_rdzv_event is torch_events.construct_and_record_rdzv_event
+    names = {e.metadata["torch_event"] for e in memory.events() if e.name.startswith("elastiscope.rendezvous.")}
+    assert "dynamic_rendezvous.py:DynamicRendezvousHandler.next_rendezvous" in names
+    assert any(n.startswith("c10d_rendezvous_backend.py:") for n in names)
