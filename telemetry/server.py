@@ -6,8 +6,8 @@ come from the pipeline's :class:`~telemetry.sinks.memory.MemorySink`.
 
 Importing this module is cheap: FastAPI, pydantic and uvicorn load only when an app is built or
 served. That lets ``elastiscope run`` bind the listening socket first (so a port already in use is
-reported before anything starts) and import the web stack on the server thread while the main
-thread gets on with rendezvous. A request that arrives in between waits in the socket's backlog.
+reported before anything starts) and load the web stack later on the server's own thread (see
+``EndpointServer``'s ``lazy``). A request that arrives in between waits in the socket's backlog.
 
 Routes (all GET):
 
