@@ -829,5 +829,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def entry() -> None:
+    """The console script: ``main()``, then a hard exit once output is flushed.
+
+    When ``run`` returns, torch's daemon threads (rendezvous keep-alive, store clients) may
+    still be inside C++ calls, and interpreter finalization can force-unwind them through a C++
+    catch-all that does not rethrow: the process aborts ("FATAL: exception not rethrown", exit
+    134) after a job that succeeded. By then telemetry is flushed and closed and no user code
+    runs in this process, so finalization has nothing left to do and is skipped.
+    """
+    try:
+        code = main()
+    except BrokenPipeError:  # the reader of our output left (`elastiscope --version | head -0`)
+        code = EXIT_OK
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken pipe: nothing more can be said on it anyway
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
