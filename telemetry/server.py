@@ -289,6 +289,7 @@ def create_app(
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from starlette.background import BackgroundTask
 
     m = _build_models()
     render_metrics = metrics or _default_metrics
@@ -342,9 +343,16 @@ def create_app(
     )
     def get_metrics(request: Request) -> Response:
         body, content_type = render_metrics(request.headers.get("accept"))
+        noted = None
         if on_metrics_scrape is not None:
-            on_metrics_scrape()
-        return Response(body, media_type=content_type)
+            # Noted once the body is written, not before: the end-of-job linger stops the
+            # server and exits as soon as a scrape is noted, which could cut off that very
+            # response. An async task runs on the loop right after the send, no thread hop.
+            async def note_scrape() -> None:
+                on_metrics_scrape()
+
+            noted = BackgroundTask(note_scrape)
+        return Response(body, media_type=content_type, background=noted)
 
     @app.get("/healthz", summary="Liveness: the endpoint answers", response_model=m["Health"])
     def get_healthz():
