@@ -401,7 +401,10 @@ def check_run_args(args: argparse.Namespace) -> None:
     if args.shutdown_timeout is not None and args.shutdown_timeout < 0:
         raise UsageError(f"--shutdown-timeout must be >= 0, not {args.shutdown_timeout}")
     if args.rdzv_endpoint and not args.standalone:
-        _parse_endpoint(args.rdzv_endpoint)
+        _, port = _parse_endpoint(args.rdzv_endpoint)
+        if port is None and args.rdzv_backend == "static":
+            raise UsageError(f"--rdzv-endpoint {args.rdzv_endpoint!r} needs a port for static "
+                             "rendezvous")
     _parse_rdzv_conf(args.rdzv_conf)
     _parse_ranks_filter(args.local_ranks_filter)
     if args.master_port is not None and not 0 <= args.master_port <= 65535:
