@@ -515,6 +515,7 @@ class _Run:
         if args.master_port is None:
             args.master_port = 29500
         self.status = _StatusBoard(args.rdzv_id, args.role, args.max_restarts)
+        self.check_telemetry()
         if args.metrics_port is None:
             return
         from telemetry import get_pipeline, server
@@ -556,14 +557,29 @@ class _Run:
         self.started = True
         return self._supervise(agent, spec, entry_name)
 
+    def _telemetry_env(self):
+        if self.event_log is None:  # "off" must not fall back to the variable that said so
+            return {k: v for k, v in os.environ.items() if k != "ELASTISCOPE_EVENT_LOG"}
+        return os.environ
+
+    def check_telemetry(self) -> None:
+        """Validate the telemetry settings now, before torch loads; nothing is created yet."""
+        from telemetry.config import ConfigError, resolve_settings
+
+        args = self.args
+        self.event_log = _event_log_setting(args, args.rdzv_id)
+        try:
+            resolve_settings(event_log=self.event_log, log_format=args.log_format,
+                             otlp_endpoint=args.otlp_endpoint, pushgateway=args.pushgateway,
+                             run_id=args.rdzv_id, role=args.role, env=self._telemetry_env())
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+
     def _configure_telemetry(self) -> None:
         import telemetry
 
         args = self.args
-        self.event_log = _event_log_setting(args, args.rdzv_id)
-        env = os.environ
-        if self.event_log is None:  # "off" must not fall back to the variable that said so
-            env = {k: v for k, v in os.environ.items() if k != "ELASTISCOPE_EVENT_LOG"}
+        env = self._telemetry_env()
         extra_sinks = []
         if self.endpoint is not None:
             from telemetry.server import WarmUpWhenHealthy
