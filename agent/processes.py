@@ -986,7 +986,11 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def read_usage(pid: int) -> tuple[float, int] | None:
-    """(CPU seconds, resident bytes) of ``pid`` from /proc; None if it is gone."""
+    """(CPU seconds, resident bytes) of ``pid`` from /proc; None if it is gone or a zombie.
+
+    A worker that has exited but is not reaped yet still has a /proc entry, with no memory:
+    reporting its 0 bytes would overwrite the worker's last real sample.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
@@ -994,6 +998,8 @@ def read_usage(pid: int) -> tuple[float, int] | None:
         return None
     # The command name may contain spaces and parentheses; fields resume after the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # zombie or dead: exited, not yet reaped
+        return None
     utime, stime, rss_pages = int(fields[11]), int(fields[12]), int(fields[21])
     return (utime + stime) / _CLOCK_TICKS, rss_pages * _PAGE_SIZE
 

@@ -157,3 +157,15 @@ def test_read_usage_reports_cpu_seconds_and_resident_bytes_of_a_process():
     cpu, rss = read_usage(os.getpid())
     assert cpu > 0 and rss > 10_000_000
     assert read_usage(2**22 + 12345) is None
+
+
+def test_read_usage_has_nothing_for_an_exited_unreaped_worker():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited; still a zombie
+        assert read_usage(proc.pid) is None
+    finally:
+        proc.wait()
