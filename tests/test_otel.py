@@ -22,8 +22,10 @@ import telemetry
 from telemetry import tracing
 from telemetry_jobs import FLAKY_WORKER, run_job, telemetry_isolation
 
+# The failing rank waits until every rank of its attempt has exported its span: otherwise the
+# agent, rightly, stops a peer that is still starting up, and that peer's span never leaves.
 TRACED_WORKER = """
-import os
+import os, pathlib, time
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -36,6 +38,12 @@ with provider.get_tracer("train").start_as_current_span(
         "train_step", context=worker_context(), attributes={"rank": int(os.environ["RANK"])}):
     pass
 provider.shutdown()
+markers = pathlib.Path(os.environ["MARKERS"])
+(markers / f"{os.environ['RESTART_COUNT']}.{os.environ['RANK']}").touch()
+deadline = time.monotonic() + 60
+while len(list(markers.glob(os.environ["RESTART_COUNT"] + ".*"))) < int(os.environ["WORLD_SIZE"]):
+    assert time.monotonic() < deadline, "peers never exported their spans"
+    time.sleep(0.01)
 """ + FLAKY_WORKER
 
 
@@ -84,14 +92,15 @@ class Collector:
 
 
 @pytest.fixture(scope="module")
-def traced_run():
+def traced_run(tmp_path_factory):
     """One real job (a failed attempt, a restart, success) with traced workers, sent to a collector."""
     collector = Collector()
+    markers = tmp_path_factory.mktemp("exported")
     try:
         with telemetry_isolation():
             telemetry.configure(otlp_endpoint=collector.url, log_format="json", env={})
             result = run_job(fail_attempts=1, max_restarts=1, code=TRACED_WORKER,
-                             extra_env={"COLLECTOR": collector.url}, run_id="otel-run")
+                             extra_env={"COLLECTOR": collector.url, "MARKERS": str(markers)}, run_id="otel-run")
             assert telemetry.shutdown(timeout=10)
         assert result.state.value == "SUCCEEDED"
         yield collector
