@@ -138,18 +138,25 @@ def ab_runs(reps: int, measure_one: Callable[[int, str], dict], progress: Callab
             label: str = "", names: Sequence[str] = LAUNCHER_NAMES) -> tuple[dict[str, list[dict]], dict[str, list[str]]]:
     """``measure_one(rep, name)`` for every repetition, alternating; failed runs are set aside.
 
+    A failed run is retried once, so one bad run does not leave a repetition empty; every
+    failure is kept and reported.
+
     Returns ({name: [row, ...]}, {name: [failure, ...]}). Raises RunFailed if every run of a
     launcher failed, since there is then nothing to compare.
     """
     rows: dict[str, list[dict]] = {n: [] for n in names}
     failures: dict[str, list[str]] = {n: [] for n in names}
     for rep, name in alternating(reps, names):
-        try:
-            row = measure_one(rep, name)
-        except RunFailed as e:
-            failures[name].append(str(e))
-            if progress:
-                progress(f"{label} rep {rep} {name}: FAILED: {e}")
+        for _attempt in range(2):  # a failed run is recorded, then tried once more
+            try:
+                row = measure_one(rep, name)
+            except RunFailed as e:
+                failures[name].append(str(e))
+                if progress:
+                    progress(f"{label} rep {rep} {name}: FAILED: {e}")
+                continue
+            break
+        else:
             continue
         rows[name].append(row)
         if progress:
@@ -241,12 +248,13 @@ import os, sys, time
 which = sys.argv[1]
 if which == "elastiscope":
     import agent.local as agent_module
-    from agent.cli import main as launch
-    argv = ["run", *sys.argv[2:]]
+    from agent.cli import entry  # what the console script runs
+    sys.argv = ["elastiscope", "run", *sys.argv[2:]]
+    launch = lambda: entry()
 else:
     import torch.distributed.elastic.agent.server.local_elastic_agent as agent_module
-    from torch.distributed.run import main as launch
-    argv = sys.argv[2:]
+    from torch.distributed.run import main
+    launch = lambda: sys.exit(main(sys.argv[2:]))
 notice_file = os.environ["BENCH_NOTICE_FILE"]
 original = agent_module.LocalElasticAgent._monitor_workers
 def stamped(self, worker_group):
@@ -257,7 +265,7 @@ def stamped(self, worker_group):
             f.write(repr(began))
     return result
 agent_module.LocalElasticAgent._monitor_workers = stamped
-sys.exit(launch(argv))
+launch()
 """
 
 

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 
+import common  # noqa: E402
 import run_all  # noqa: E402
 
 
@@ -87,6 +88,33 @@ def test_render_only_without_results_is_one_line_and_exit_status_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "results.json does not exist" in lines[0]
+
+
+# ---- repetitions ------------------------------------------------------------------------------
+
+
+def test_failed_run_is_recorded_and_retried_once():
+    calls = []
+
+    def measure(rep, name):
+        calls.append((rep, name))
+        if name == "torchrun" and calls.count((0, "torchrun")) == 1:
+            raise common.RunFailed("exit status -6: Fatal Python error: Aborted")
+        return {"restart_latency_s": 0.1}
+
+    rows, failures = common.ab_runs(2, measure)
+    assert calls == [(0, "elastiscope"), (0, "torchrun"), (0, "torchrun"), (1, "torchrun"), (1, "elastiscope")]
+    assert len(rows["torchrun"]) == 2 and failures == {"elastiscope": [], "torchrun": ["exit status -6: Fatal Python error: Aborted"]}
+
+
+def test_launcher_whose_every_run_fails_stops_the_comparison():
+    def measure(rep, name):
+        if name == "elastiscope":
+            raise common.RunFailed("exit status 1: boom")
+        return {"restart_latency_s": 0.1}
+
+    with pytest.raises(common.RunFailed, match="every run of elastiscope failed"):
+        common.ab_runs(1, measure)
 
 
 # ---- the renderer on hand-made results -------------------------------------------------------
