@@ -91,7 +91,10 @@ def measure_hotpath(args) -> dict:
 def measure_endpoint(args) -> dict:
     if not (common.BENCH / "endpoint_load.py").exists():
         raise RuntimeError("bench/endpoint_load.py is not in the tree yet")
-    return common.run_json("endpoint_load.py", *(["--quick"] if args.quick else []))
+    data = common.run_json("endpoint_load.py", *(["--quick"] if args.quick else []))
+    if "error" in data:
+        raise RuntimeError(f"endpoint_load.py: {data['error']}")
+    return data
 
 
 def measure_scaling(args) -> dict:
@@ -163,6 +166,12 @@ def _spread(summary: dict | None, scale: float = 1.0, digits: int = 1) -> str:
     return f"{med} ({lo}–{hi})" if summary.get("n", 2) > 1 else med
 
 
+def _med(summary: dict | None, scale: float, unit: str, digits: int = 1) -> str:
+    if not summary or summary.get("median") is None:
+        return "–"
+    return f"{summary['median'] * scale:.{digits}f} {unit}"
+
+
 def _x(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}×"
 
@@ -194,6 +203,8 @@ def goals(results: dict) -> list[dict]:
                     f"{ours['restart_latency_s']['median'] * 1000:.0f} ms." if rdzv_ms and rdzv == "c10d"
                     else "see the restart section")
         rows.append({"goal": f"restart latency, {label}", "target": f"≤ {GOAL_RESTART_RATIO}× torchrun",
+                     "ours": _med(_get(r, "launchers", OURS, "restart_latency_s"), 1000, "ms"),
+                     "theirs": _med(_get(r, "launchers", THEIRS, "restart_latency_s"), 1000, "ms"),
                      "measured": _x(value), "met": None if value is None else value <= GOAL_RESTART_RATIO,
                      "note": note})
 
@@ -202,6 +213,7 @@ def goals(results: dict) -> list[dict]:
     wall = common.ratio(ours.get("wall_s"), theirs.get("wall_s"))
     rss = common.ratio(ours.get("agent_rss_bytes"), theirs.get("agent_rss_bytes"))
     rows.append({"goal": "launch wall time, no-op job, 4 workers", "target": f"≤ {GOAL_LAUNCH_WALL}× torchrun",
+                 "ours": _med(ours.get("wall_s"), 1, "s", 2), "theirs": _med(theirs.get("wall_s"), 1, "s", 2),
                  "measured": _x(wall), "met": None if wall is None else wall <= GOAL_LAUNCH_WALL,
                  "note": "`elastiscope run` does more around the workers than torchrun: it configures telemetry "
                  "(Prometheus registry, JSONL event log, structlog), starts the HTTP endpoint (FastAPI and "
@@ -211,6 +223,8 @@ def goals(results: dict) -> list[dict]:
     helpers = _get(ours, "helpers_rss_bytes", "median")
     helper_count = _get(ours, "helper_processes", "median")
     rows.append({"goal": "peak RSS at launch (launcher + helper processes)", "target": f"≤ {GOAL_PEAK_RSS}× torchrun",
+                 "ours": _med(ours.get("agent_rss_bytes"), 1 / MIB, "MiB", 0),
+                 "theirs": _med(theirs.get("agent_rss_bytes"), 1 / MIB, "MiB", 0),
                  "measured": _x(rss), "met": None if rss is None else rss <= GOAL_PEAK_RSS,
                  "note": "" if helpers is None or launcher_ratio is None else
                  f"the launcher process alone is {launcher_ratio:.2f}× torchrun's (it imports the endpoint "
@@ -222,6 +236,8 @@ def goals(results: dict) -> list[dict]:
     steady = _get(_result(results, "steady"), "launchers") or {}
     cpu = common.ratio(_get(steady, OURS, "cpu_ms_per_s"), _get(steady, THEIRS, "cpu_ms_per_s"))
     rows.append({"goal": "steady agent CPU, 4 sleeping workers", "target": f"≤ {GOAL_STEADY_CPU}× torchrun",
+                 "ours": _med(_get(steady, OURS, "cpu_ms_per_s"), 1, "ms/s", 2),
+                 "theirs": _med(_get(steady, THEIRS, "cpu_ms_per_s"), 1, "ms/s", 2),
                  "measured": _x(cpu), "met": None if cpu is None else cpu <= GOAL_STEADY_CPU,
                  "note": _steady_note(steady)})
 
@@ -229,7 +245,12 @@ def goals(results: dict) -> list[dict]:
     live = [v for v in live if v is not None]
     detect_ms = min(live) * 1000 if live else None
     worst_ms = max(live) * 1000 if live else None
+    notices = [_get(r, "launchers", THEIRS, "notice_latency_s", "median") for r in restart.values()]
+    notices = [v * 1000 for v in notices if v is not None]
     rows.append({"goal": "failure detection (worker exit → live event), median", "target": f"≤ {GOAL_DETECTION_MS:g} ms",
+                 "ours": "see measured",
+                 "theirs": "no live event; its agent notices after " + "–".join(f"{v:.0f}" for v in sorted(notices)) + " ms"
+                 if notices else "–",
                  "measured": "–" if detect_ms is None else
                  (f"{worst_ms:.1f} ms" if abs(worst_ms - detect_ms) < 0.05 else f"{detect_ms:.1f}–{worst_ms:.1f} ms"),
                  "met": None if worst_ms is None else worst_ms <= GOAL_DETECTION_MS, "note": ""})
@@ -238,6 +259,7 @@ def goals(results: dict) -> list[dict]:
     p99 = [(case, t["record"]["p99_us"]) for case, t in cases.items() if _get(t, "record", "p99_us") is not None]
     worst = max(p99, key=lambda c: c[1]) if p99 else None
     rows.append({"goal": "`record()` p99, default sinks and a blocked sink", "target": f"≤ {GOAL_RECORD_P99_US:g} µs",
+                 "ours": "see measured", "theirs": "n/a (no pipeline)",
                  "measured": "–" if worst is None else f"{worst[1]:.1f} µs (worst case: {worst[0]})",
                  "met": None if worst is None else worst[1] <= GOAL_RECORD_P99_US, "note": ""})
     return rows
@@ -261,8 +283,9 @@ def _steady_note(steady: dict) -> str:
 def render_goals(results) -> list[str]:
     rows = goals(results)
     lines = ["## Goals", "", "Ratios are ours / torchrun on medians of alternating runs in the same session.", ""]
-    lines += _table(["goal", "target", "measured", "verdict"],
-                    [[g["goal"], g["target"], g["measured"], _verdict(g["met"])] for g in rows])
+    lines += _table(["goal", "target", "ours", "torchrun", "measured", "verdict"],
+                    [[g["goal"], g["target"], g.get("ours", "–"), g.get("theirs", "–"), g["measured"], _verdict(g["met"])]
+                     for g in rows])
     misses = [g for g in rows if g["met"] is False]
     if misses:
         lines += ["Where a goal is missed, why (as far as we know):", ""]
@@ -439,24 +462,25 @@ def render_hotpath(results) -> list[str]:
 
 def render_endpoint(results) -> list[str]:
     r = _result(results, "endpoint")
-    lines = ["## `/metrics` under concurrent load", "", "`bench/endpoint_load.py`: latency of the endpoint's routes while clients scrape concurrently.", ""]
+    lines = ["## `/metrics` under concurrent load", "",
+             "`bench/endpoint_load.py`: `examples/train_ddp.py` under `elastiscope run`, in pairs of runs, one "
+             "with nobody calling the endpoint and one with a separate load generator requesting `/metrics` "
+             "and `/status` in turn at a fixed rate (loopback, keep-alive connections) until training is "
+             "done. It reports the endpoint's latency and what the load costs training (the loop's own "
+             "step rate).", ""]
     if not r:
         return lines + [_missing(results, "endpoint"), ""]
-    rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in _flatten(r).items()]
-    return lines + _table(["measure", "value"], rows)
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        elif isinstance(value, float):
-            out[name] = f"{value:.4g}"
-        elif not isinstance(value, list):
-            out[name] = value
-    return out
+    lat = r["latency"]
+    rows = [[key, s.get("count", 0), *(f"{s[k]:.2f}" if k in s else "–" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))]
+            for key, s in lat.items()]
+    lines += _table(["route", "requests", "p50 ms", "p90 ms", "p99 ms", "max ms"], rows)
+    t, load = r["training"], r["load"]
+    lines += [f"Load delivered: {load['requests']} requests at {load['achieved_rps']:.0f}/s (target "
+              f"{r['target_rps']:g}/s), {load['errors']} errors, {load['non_200']} not 200. Training step "
+              f"rate ({r['nproc']} worker(s), {r['steps']} steps, {r['repeats']} pair(s), medians): "
+              f"{t['unloaded_steps_per_s']:.1f}/s unloaded, {t['loaded_steps_per_s']:.1f}/s loaded "
+              f"({t['loaded_over_unloaded']:.3f}×).", ""]
+    return lines
 
 
 def render_scaling(results) -> list[str]:
