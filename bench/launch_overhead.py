@@ -8,7 +8,8 @@ from the outside, the same way for both:
 
 * wall time: process start to exit;
 * peak tree RSS: the largest sum of resident memory over the launcher and all its descendants,
-  sampled with psutil every few milliseconds;
+  sampled with psutil every few milliseconds (children forked but not yet exec'd are skipped:
+  their pages are the launcher's);
 * launcher peak RSS: ``ru_maxrss`` from ``wait4`` (the largest single process of the tree,
   which is the launcher itself: it imports torch, the no-op workers do not).
 
@@ -53,7 +54,14 @@ def launchers(workdir: Path, nproc: int, variants: bool) -> dict[str, list[str]]
 
 
 class TreeSampler:
-    """Peak of the summed RSS of a process and its descendants, sampled on a thread."""
+    """Peak of the summed RSS of a process and its descendants, sampled on a thread.
+
+    A child that still has its parent's command line has been forked but has not exec'd yet:
+    its resident pages are its parent's (vfork shares them outright), and counting them again
+    would add a phantom copy of the launcher, more often for a launcher that forks workers
+    from its own big process (torchrun) than for one that forks them from a small helper.
+    Such children are left out of the sum.
+    """
 
     def __init__(self, pid: int, interval: float = 0.005) -> None:
         self.peak = 0
@@ -63,23 +71,32 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def _sample(root: psutil.Process) -> int:
+        cmdlines: dict[int, list[str]] = {}
+        total = 0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    cmdline = cmdlines[p.pid] = p.cmdline()
+                    parent_cmdline = cmdlines.get(p.ppid())
+                    if parent_cmdline is not None and cmdline == parent_cmdline:
+                        continue  # forked, not yet exec'd
+                    total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
     def _run(self) -> None:
         try:
             root = psutil.Process(self._pid)
         except psutil.Error:
             return
         while not self._done.is_set():
-            total = 0
             try:
-                procs = [root, *root.children(recursive=True)]
+                self.peak = max(self.peak, self._sample(root))
             except psutil.Error:
                 break
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
             self._done.wait(self._interval)
 
     def stop(self) -> int:
