@@ -757,6 +757,7 @@ class _Run:
         if linger <= 0 or self.endpoint.error is not None:
             return
         self.endpoint.warm_up()  # a short job may end before anything asked for the app
+        _say(f"endpoint stays up {linger:g}s for a final scrape (--metrics-linger)")
         try:
             self.endpoint.wait_for_scrape(after=time.monotonic(), timeout=linger)
         except KeyboardInterrupt:
