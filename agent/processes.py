@@ -803,6 +803,13 @@ class WorkerSet:
         return exits
 
     def _learn_exits(self, timeout: float | None) -> None:
+        spawner = self._spawner
+        if spawner is not None and spawner._exits:
+            # Reports read off the pipe while waiting for another reply (a standby request)
+            # no longer make the pipe readable: take them before waiting on it.
+            self._take_spawner_exits()
+            if self._new_exits:
+                return
         for key, _ in self._selector.select(timeout):
             if key.data is None:
                 self._take_spawner_exits()

@@ -169,3 +169,33 @@ def test_read_usage_has_nothing_for_an_exited_unreaped_worker():
         assert read_usage(proc.pid) is None
     finally:
         proc.wait()
+
+
+def test_an_exit_reported_while_asking_for_standbys_is_not_lost(spawner, tmp_path):
+    """The spawner's exit report can arrive while the agent waits for its reply to a standby
+    request; it is read off the pipe then, so the pipe is no longer readable for it. The worker
+    set must still learn of that exit (it used to wait forever)."""
+    from agent.processes import StandbyPool
+
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    workers = WorkerSet.start([WorkerLaunch(0, PY, ("-c", "pass"))], spawner=spawner)
+    try:
+        pid = workers.workers[0].pid
+        # Reaped by the spawner (gone, not merely a zombie), which reports the exit on the pipe
+        # right after reaping.
+        wait_until(lambda: not _pid_exists(pid), 20)
+        StandbyPool(spawner).fill(python_invocation(PY, ("-u", str(script))), 1)
+        assert workers.wait(10.0)
+        assert [w.local_rank for w in workers.collect()] == [0]
+    finally:
+        workers.stop(signal.SIGKILL, 1)
+        workers.close()
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
