@@ -14,6 +14,7 @@ plus its own flags (each also read from an ``ELASTISCOPE_*`` variable)::
     --log-format FMT         auto | json | console
     --token TOKEN            bearer token the endpoint requires (all routes but the probes)
     --no-token-required      allow a non-loopback --metrics-host without a token
+    --no-warm-standby        start every attempt's workers cold (no interpreters kept ready)
 
 Like ``torchrun``, a single-node job with no rendezvous endpoint runs on an embedded c10d store
 (``--standalone``); nothing needs to be started by hand. Exit status: 0 when every worker
@@ -252,6 +253,9 @@ def build_run_parser() -> argparse.ArgumentParser:
                      help="bearer token required by the endpoint (not by /healthz, /readyz)")
     obs.add_argument("--no-token-required", action=ours_flag,
                      help="allow a non-loopback --metrics-host without --token")
+    obs.add_argument("--no-warm-standby", action=ours_flag,
+                     help="start every attempt's workers cold instead of from interpreters kept "
+                          "ready for a restart (workers then show their own command line in /proc)")
 
     p.add_argument("training_script", type=str,
                    help="the training script (or module with -m, or program with --no-python)")
@@ -690,6 +694,7 @@ class _Run:
             logs_specs=logs_specs, start_method=args.start_method,
             log_line_prefix_template=os.getenv("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"),
             shutdown_timeout=shutdown_timeout,
+            warm_standby=not args.no_warm_standby,
         )
         return spec, agent_kwargs, _entrypoint_name(entrypoint, cmd_args)
 
