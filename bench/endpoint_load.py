@@ -211,7 +211,7 @@ def run_once(workdir: Path, args: argparse.Namespace, loaded: bool) -> dict:
             generator = subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--generate", url,
                  "--rate", str(args.rate), "--max-seconds", str(args.max_seconds),
-                 "--connections", str(args.connections)],
+                 "--connections", str(args.connections), "--paths", ",".join(args.paths)],
                 env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
         _wait(lambda: DONE_LINE.search(out_path.read_text(errors="replace")), args.max_seconds,
@@ -261,7 +261,7 @@ def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
     loads = [r["load"] for r in runs if r["loaded"]]
     all_latencies: list[float] = []
     by_path = {}
-    for path in PATHS:
+    for path in args.paths:
         values = [x for load in loads for x in load["latencies_s"].get(path, [])]
         all_latencies += values
         by_path[path] = latency_summary(values)
@@ -274,6 +274,7 @@ def summarise(runs: list[dict], args: argparse.Namespace) -> dict:
         "steps": args.steps,
         "repeats": args.repeats,
         "target_rps": args.rate,
+        "paths": ",".join(args.paths),
         "training": {
             "unloaded_steps_per_s": median_unloaded,
             "loaded_steps_per_s": median_loaded,
@@ -304,7 +305,7 @@ def render(result: dict) -> str:
         f"  load: {load['requests']} requests at {load['achieved_rps']:.1f}/s "
         f"(target {result['target_rps']}/s), {load['errors']} errors, {load['non_200']} not 200",
     ]
-    for key in ("all", *PATHS):
+    for key in ("all", *result["paths"].split(",")):
         s = lat[key]
         if s.get("count"):
             lines.append(f"  {key:9s} p50 {s['p50_ms']:.2f} ms  p90 {s['p90_ms']:.2f} ms  "
@@ -321,10 +322,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=8, help="keep-alive connections (default 8)")
     p.add_argument("--max-seconds", type=float, default=240.0,
                    help="bound of a run and of its request loop (default 240)")
+    p.add_argument("--paths", default=",".join(PATHS),
+                   help="routes requested in turn, comma-separated (default /metrics,/status)")
     p.add_argument("--quick", action="store_true", help="one short pair of runs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--generate", metavar="URL", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.paths = tuple(part.strip() for part in args.paths.split(",") if part.strip())
+    if not args.paths or not all(path.startswith("/") for path in args.paths):
+        p.error("--paths must be routes starting with /")
     if args.rate <= 0 or args.steps < 1 or args.repeats < 1 or args.nproc < 1 or args.connections < 1:
         p.error("--rate, --steps, --repeats, --nproc and --connections must be positive")
     if args.generate and not args.generate.startswith(("http://127.", "http://localhost", "http://[::1]")):
@@ -337,7 +343,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.generate:
-        result = generate(args.generate, args.rate, args.max_seconds, args.connections)
+        result = generate(args.generate, args.rate, args.max_seconds, args.connections, args.paths)
         print(json.dumps(result))
         return 0
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.json else print
