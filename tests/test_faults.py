@@ -50,6 +50,14 @@ def fault(name: str) -> str:
     return str(FAULTS / name)
 
 
+def assert_signalled_log(node) -> None:
+    """run_start ... run_end SIGNALED, and the launcher's own FAILED event, recorded after the
+    agent's run() had already unwound, is there too: the log was flushed to its last event."""
+    events = assert_complete_log(node, "SIGNALED")
+    last = events[-1]
+    assert (last["name"], last["source"]) == ("torchelastic.worker.status.FAILED", "AGENT"), names(events)
+
+
 # ---- workers dying -----------------------------------------------------------------------------
 
 DEATHS = {
@@ -229,8 +237,8 @@ def test_agent_sigterm_during_rendezvous_exits_with_its_log_flushed(tmp_path):
         node.send(signal.SIGTERM)
         assert node.wait(15) == 1, node.diagnostics()
 
-    events = assert_complete_log(node, "SIGNALED")
-    assert "torchelastic.worker.status.START" not in names(events)
+    assert_signalled_log(node)
+    assert "torchelastic.worker.status.START" not in names(node.events())
     assert "stopped by SIGTERM" in node.stderr()
 
 
@@ -246,7 +254,7 @@ def test_agent_sigterm_during_the_run_stops_the_workers_and_flushes_the_log(tmp_
         assert node.wait(15) == 1, node.diagnostics()
 
     assert sorted(p.name for p in out.glob("*.sigterm")) == ["0.sigterm", "1.sigterm"]
-    assert_complete_log(node, "SIGNALED")
+    assert_signalled_log(node)
 
 
 def test_agent_sigterm_during_the_exit_barrier(tmp_path):
@@ -272,9 +280,9 @@ def test_agent_sigterm_during_the_exit_barrier(tmp_path):
         host.send(signal.SIGTERM)
         assert host.wait(15) == 1, host.diagnostics()
 
-    assert_complete_log(done, "SIGNALED")
+    assert_signalled_log(done)
     assert "stopped by SIGTERM" in done.stderr()
-    assert_complete_log(host, "SIGNALED")
+    assert_signalled_log(host)
     # A's worker finished on its own; B's was stopped by the SIGTERM forwarded to it.
     assert len(list(out.glob("*.done"))) == 1 and len(list(out.glob("*.sigterm"))) == 1
 
