@@ -674,7 +674,14 @@ class _Run:
         except ValueError as e:  # unknown backend, bad configuration value
             raise UsageError(f"rendezvous: {_first_line(e)}") from None
         except Exception as e:  # cannot reach the store, ...
-            raise JobError(f"rendezvous: {type(e).__name__}: {_first_line(e)}") from None
+            # torch's message ends "See inner exception for details": name the endpoint and
+            # give that inner exception, since the traceback holding it is not shown.
+            cause = e.__cause__
+            message = _first_line(e)
+            if cause is not None:
+                message = f"{message.rstrip('. ')}: {type(cause).__name__}: {_first_line(cause)}"
+            raise JobError(f"rendezvous: {args.rdzv_backend} at {endpoint}: "
+                           f"{type(e).__name__}: {message}") from None
 
         entrypoint, cmd_args = _entrypoint(args)
         spec = WorkerSpec(
