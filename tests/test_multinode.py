@@ -199,9 +199,11 @@ def test_scale_up_when_a_node_joins(tmp_path):
 
         joined_ms = time.time() * 1000
         joiner = job.start("joiner")
-        for n in first:
-            n.wait_event("elastiscope.agent.restart", 60, reason="membership",
-                         count=len(n.events("elastiscope.agent.restart", reason="membership")) + 1)
+        wait_until(
+            lambda: all(since(n, "elastiscope.agent.restart", joined_ms, reason="membership")
+                        for n in first),
+            60, lambda: "a membership restart on both running nodes\n" + job.diagnostics(),
+        )
         wait_for_world(job.nodes, 3)
         finals = {n.name: n.final_metrics(120) for n in job.nodes}
         for n in job.nodes:
