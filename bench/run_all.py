@@ -114,7 +114,7 @@ def run_sections(sections, args) -> dict:
     for section in sections:
         say(f"== {section} (load average {common.load_average()})")
         began = time.monotonic()
-        entry = {"load_average_before": common.load_average()}
+        entry = {"date": time.strftime("%H:%M:%S"), "load_average_before": common.load_average()}
         try:
             entry["result"] = MEASURE[section](args)
         except Exception as e:
@@ -581,9 +581,14 @@ def _render_events(ev, results) -> list[str]:
 
 
 def render_loads(results) -> list[str]:
-    rows = [[s, e.get("load_average_before"), e.get("load_average_after"), e.get("seconds"),
+    rows = [[s, e.get("date", "–"), e.get("load_average_before"), e.get("load_average_after"), e.get("seconds"),
              "error: " + e["error"] if "error" in e else "ok"] for s, e in results["sections"].items()]
-    return ["## Sections run", ""] + _table(["section", "load before", "load after", "seconds", "status"], rows)
+    lines = ["## Sections run", "", "Load averages are 1, 5 and 15 minutes.", ""]
+    lines += _table(["section", "started", "load before", "load after", "seconds", "status"], rows)
+    for rerun in results.get("reruns", []):
+        lines.append(f"Rerun on {rerun['date']} (commit {rerun['commit']}): `{rerun['command']}` "
+                     f"({', '.join(rerun['sections'])}; load {rerun['load_average_start']} → {rerun['load_average_end']}).")
+    return lines + [""]
 
 
 def _missing(results, section) -> str:
@@ -747,6 +752,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(common.REPO / "docs"),
                    help="where benchmarks.md and bench/ go (default: docs/)")
     p.add_argument("--render-only", action="store_true", help="rewrite the page from <out>/bench/results.json")
+    p.add_argument("--merge", action="store_true",
+                   help="replace only the sections run now in <out>/bench/results.json (to rerun a disturbed one)")
     p.add_argument("--wait-for-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="first wait up to this long for the load average to drop below half the CPUs")
     p.add_argument("--verbose", action="store_true", help="tracebacks of failing sections")
@@ -777,9 +784,18 @@ def main(argv=None) -> int:
         began = time.monotonic()
         sections = run_sections(args.sections, args)
         machine["load_average_end"] = common.load_average()
-        results = {"machine": machine, "quick": args.quick, "reps_override": args.reps,
-                   "command": " ".join(["python bench/run_all.py", *(argv if argv is not None else sys.argv[1:])]),
-                   "seconds": round(time.monotonic() - began, 1), "sections": sections}
+        command = " ".join(["python bench/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+        seconds = round(time.monotonic() - began, 1)
+        if args.merge and results_path.exists():
+            results = json.loads(results_path.read_text())
+            results["sections"].update(sections)
+            results.setdefault("reruns", []).append({
+                "command": command, "sections": list(sections), "seconds": seconds, "date": machine["date"],
+                "commit": machine["commit"], "load_average_start": machine["load_average_start"],
+                "load_average_end": machine["load_average_end"]})
+        else:
+            results = {"machine": machine, "quick": args.quick, "reps_override": args.reps,
+                       "command": command, "seconds": seconds, "sections": sections}
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1) + "\n")
     page = write_page(results, out_dir)

@@ -77,6 +77,21 @@ def test_sections_not_run_are_marked_and_their_goals_not_claimed(subset_run):
     assert verdicts and set(verdicts) == {"not measured"}
 
 
+@pytest.mark.timeout(90)
+def test_merge_replaces_only_the_sections_rerun(tmp_path):
+    earlier = _results(restart={"c10d": _restart(0.02, 0.20, 0.002, 0.01)})
+    earlier["machine"].update(commit="abc1234", date="earlier")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(earlier))
+    proc = _run_all("--merge", "--only", "import_cost", "--reps", "1", "--out", str(tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert list(merged["sections"]) == ["restart", "import_cost"]
+    assert merged["sections"]["restart"] == earlier["sections"]["restart"]
+    assert [r["sections"] for r in merged["reruns"]] == [["import_cost"]]
+    assert "Rerun on " in (tmp_path / "benchmarks.md").read_text()
+
+
 def test_unknown_section_is_one_line_and_exit_status_2():
     proc = _run_all("--only", "nonsense", timeout=30)
     assert proc.returncode == 2
