@@ -30,9 +30,11 @@ import time
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
 
 import psutil
+
+from helpers.polling import wait_until  # noqa: F401  (re-exported for the suites)
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_DDP = ROOT / "examples" / "train_ddp.py"
@@ -73,24 +75,6 @@ def free_ports(count: int = 1) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def wait_until(
-    probe: Callable[[], T],
-    timeout: float,
-    message: str | Callable[[], str] = "condition",
-    interval: float = 0.05,
-) -> T:
-    """Call ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {text}")
-        time.sleep(interval)
 
 
 def rdzv_conf(settings: dict[str, Any]) -> str:

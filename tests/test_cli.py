@@ -18,6 +18,8 @@ import jsonschema
 import psutil
 import pytest
 
+from helpers.polling import wait_until as poll
+
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,18 +107,6 @@ def launch(tmp_path):
     yield _launch
     for run in started:
         run.kill()
-
-
-def poll(fn, timeout, what):
-    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def read_events(path):

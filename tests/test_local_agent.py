@@ -26,8 +26,8 @@ from helpers.local_agent import (
     read_pids,
     script_spec,
     static_spec,
-    wait_until,
 )
+from helpers.polling import wait_until
 from telemetry import tracing
 from telemetry.pipeline import set_pipeline
 from workers import callables

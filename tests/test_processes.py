@@ -21,7 +21,8 @@ from agent.processes import (
     python_invocation,
     read_usage,
 )
-from helpers.local_agent import WORKERS, create_times, kill_quietly, process_alive, read_pids, wait_until
+from helpers.local_agent import WORKERS, create_times, kill_quietly, process_alive, read_pids
+from helpers.polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from telemetry.pipeline import Pipeline, Sink
 from telemetry.records import MetricPoint
@@ -72,18 +70,6 @@ class MetricCapture(Sink):
 def capture_pipeline() -> tuple[Pipeline, MemorySink, MetricCapture]:
     memory, metrics = MemorySink(), MetricCapture()
     return Pipeline([memory, metrics]), memory, metrics
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
-        time.sleep(interval)
 
 
 def read_pids(out: Path, count: int) -> list[int] | None:
