@@ -42,6 +42,7 @@ from agent.processes import (
     read_usage,
     standby_argv,
 )
+from agent.rendezvous import single_node_join
 from telemetry import tracing
 from telemetry.events import Event, EventSource, emit
 from telemetry.records import put_metric
@@ -261,6 +262,13 @@ class LocalElasticAgent(SimpleElasticAgent):
         return Template(self._log_line_prefix_template).safe_substitute(
             role_name=role, rank=worker.global_rank, local_rank=worker.local_rank
         )
+
+    # ---- rendezvous ----------------------------------------------------------------------
+
+    def _rendezvous(self, worker_group: WorkerGroup) -> None:
+        # A one-node rendezvous has no other nodes to stagger against: skip torch's join jitter.
+        with single_node_join(worker_group.spec.rdzv_handler):
+            super()._rendezvous(worker_group)
 
     # ---- watching ----------------------------------------------------------------------
 

@@ -1,0 +1,86 @@
+"""A one-node dynamic rendezvous skips torch's join jitter; everything else keeps it.
+
+The jitter is observed, not timed: torch's delay function is replaced by a recorder behind our
+wrapper, so each test sees exactly which delays the rendezvous asked for.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+
+import pytest
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+from torch.distributed.elastic.rendezvous import RendezvousParameters
+from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+from torch.distributed.elastic.rendezvous import registry as rdzv_registry
+
+import agent.rendezvous as rendezvous
+from agent.api import WorkerSpec, WorkerState
+from agent.local import LocalElasticAgent
+from helpers.local_agent import WORKERS
+from telemetry.pipeline import Pipeline, set_pipeline
+
+JITTER = (0, 0.3)
+
+
+@pytest.fixture
+def delays(monkeypatch):
+    """Every delay torch's dynamic rendezvous asks for, in order, none of them slept."""
+    assert rendezvous._install()
+    seen: list = []
+    monkeypatch.setattr(rendezvous, "_torch_delay", seen.append)
+    return seen
+
+
+def c10d_handler(max_nodes: int = 1):
+    return rdzv_registry.get_rendezvous_handler(
+        RendezvousParameters(
+            backend="c10d", endpoint="127.0.0.1:0", run_id=f"jitter-{uuid.uuid4().hex[:8]}",
+            min_nodes=1, max_nodes=max_nodes, is_host=True,
+        )
+    )
+
+
+def test_one_node_join_skips_the_jitter_and_only_inside_the_context(delays):
+    handler = c10d_handler()
+    with rendezvous.single_node_join(handler):
+        handler.next_rendezvous()  # round 0: torch would wait 0-0.3 s here
+    assert JITTER not in delays
+    handler.next_rendezvous()  # still round 0, outside: torch's wait is back
+    assert delays.count(JITTER) == 1
+    handler.shutdown()
+
+
+def test_a_rendezvous_for_several_nodes_keeps_its_jitter(delays):
+    handler = c10d_handler(max_nodes=2)
+    assert not rendezvous.admits_one_node(handler)
+    with rendezvous.single_node_join(handler):
+        dynamic_rendezvous._delay(JITTER)
+    assert delays == [JITTER]
+    handler.shutdown()
+
+
+def test_poll_waits_are_never_skipped(delays):
+    handler = c10d_handler()
+    with rendezvous.single_node_join(handler):
+        dynamic_rendezvous._delay(1)
+    assert delays == [1]
+    handler.shutdown()
+
+
+def test_a_restart_on_one_node_never_waits_for_the_jitter(delays, tmp_path):
+    previous = set_pipeline(Pipeline())
+    try:
+        spec = WorkerSpec(
+            role="trainer", local_world_size=2, entrypoint=sys.executable,
+            args=("-u", str(WORKERS / "fail_once.py"), "0.2"), rdzv_handler=c10d_handler(),
+            max_restarts=1, monitor_interval=0.05, local_addr="127.0.0.1",
+        )
+        agent = LocalElasticAgent(spec, DefaultLogsSpecs(log_dir=str(tmp_path)))
+        result = agent.run()
+    finally:
+        set_pipeline(previous)
+    assert result.state == WorkerState.SUCCEEDED
+    assert agent._remaining_restarts == 0  # the restart did go through a second rendezvous
+    assert JITTER not in delays
