@@ -42,7 +42,7 @@ from agent.processes import (
     read_usage,
     standby_argv,
 )
-from agent.rendezvous import single_node_join
+from agent import rendezvous
 from telemetry import tracing
 from telemetry.events import Event, EventSource, emit
 from telemetry.records import put_metric
@@ -266,8 +266,8 @@ class LocalElasticAgent(SimpleElasticAgent):
     # ---- rendezvous ----------------------------------------------------------------------
 
     def _rendezvous(self, worker_group: WorkerGroup) -> None:
-        # A one-node rendezvous has no other nodes to stagger against: skip torch's join jitter.
-        with single_node_join(worker_group.spec.rdzv_handler):
+        # Fast event names; and a one-node rendezvous has nobody to stagger against: no jitter.
+        with rendezvous.joining(worker_group.spec.rdzv_handler):
             super()._rendezvous(worker_group)
 
     # ---- watching ----------------------------------------------------------------------

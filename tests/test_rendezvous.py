@@ -27,7 +27,7 @@ JITTER = (0, 0.3)
 @pytest.fixture
 def delays(monkeypatch):
     """Every delay torch's dynamic rendezvous asks for, in order, none of them slept."""
-    assert rendezvous._install()
+    assert rendezvous.install()
     seen: list = []
     monkeypatch.setattr(rendezvous, "_torch_delay", seen.append)
     return seen
@@ -44,7 +44,7 @@ def c10d_handler(max_nodes: int = 1):
 
 def test_one_node_join_skips_the_jitter_and_only_inside_the_context(delays):
     handler = c10d_handler()
-    with rendezvous.single_node_join(handler):
+    with rendezvous.joining(handler):
         handler.next_rendezvous()  # round 0: torch would wait 0-0.3 s here
     assert JITTER not in delays
     handler.next_rendezvous()  # still round 0, outside: torch's wait is back
@@ -55,7 +55,7 @@ def test_one_node_join_skips_the_jitter_and_only_inside_the_context(delays):
 def test_a_rendezvous_for_several_nodes_keeps_its_jitter(delays):
     handler = c10d_handler(max_nodes=2)
     assert not rendezvous.admits_one_node(handler)
-    with rendezvous.single_node_join(handler):
+    with rendezvous.joining(handler):
         dynamic_rendezvous._delay(JITTER)
     assert delays == [JITTER]
     handler.shutdown()
@@ -63,7 +63,7 @@ def test_a_rendezvous_for_several_nodes_keeps_its_jitter(delays):
 
 def test_poll_waits_are_never_skipped(delays):
     handler = c10d_handler()
-    with rendezvous.single_node_join(handler):
+    with rendezvous.joining(handler):
         dynamic_rendezvous._delay(1)
     assert delays == [1]
     handler.shutdown()
@@ -84,3 +84,54 @@ def test_a_restart_on_one_node_never_waits_for_the_jitter(delays, tmp_path):
     assert result.state == WorkerState.SUCCEEDED
     assert agent._remaining_restarts == 0  # the restart did go through a second rendezvous
     assert JITTER not in delays
+
+
+def _name_at(lookup, depth):
+    def caller_of_record():
+        return record()
+
+    def record():
+        return lookup(depth)
+
+    return caller_of_record()
+
+
+def test_fast_event_names_are_the_names_inspect_stack_gives():
+    assert rendezvous.install()
+    ours, torchs = dynamic_rendezvous.get_method_name, rendezvous._torch_method_name
+    assert ours is rendezvous._method_name and torchs is not ours
+    for depth in (1, 2, 3, 4, 10_000):  # 0 would name the lookup function itself
+        assert _name_at(ours, depth) == _name_at(torchs, depth), depth
+    assert _name_at(ours, 2) == "caller_of_record"
+
+
+def test_rendezvous_events_keep_their_method_names(tmp_path):
+    from telemetry.events import Event
+    from telemetry.pipeline import Sink
+
+    class Names(Sink):
+        name, synchronous = "names", True
+
+        def __init__(self):
+            self.seen = []
+
+        def emit(self, record):
+            if isinstance(record, Event):
+                self.seen.append(record.name)
+
+    from telemetry import torch_bridge
+
+    names = Names()
+    previous = set_pipeline(Pipeline([names]))
+    bridged = torch_bridge.install()
+    try:
+        handler = c10d_handler()
+        with rendezvous.joining(handler):
+            handler.next_rendezvous()
+        handler.shutdown()
+    finally:
+        if bridged:
+            torch_bridge.uninstall()
+        set_pipeline(previous)
+    assert any(n.endswith("DynamicRendezvousHandler.next_rendezvous") for n in names.seen), names.seen
+    assert any(n.endswith("_DistributedRendezvousOpExecutor.run") for n in names.seen), names.seen
