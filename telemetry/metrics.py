@@ -1,7 +1,8 @@
 """The metric catalogue: every Prometheus series Elastiscope exports, and how torchelastic's
 ``put_metric`` names map onto them.
 
-``CATALOGUE`` is the single list of series (name, type, labels, help, when it appears);
+``CATALOGUE`` is the single list of series (name, type, labels, help, when it appears, when
+its children start at 0);
 ``AgentMetrics`` builds them on a private ``CollectorRegistry`` (never the global one, so a host
 application's own metrics are untouched); ``classify_metric`` maps one ``put_metric`` name to
 the series it updates. Turning events and metric points into updates is the Prometheus sink's
@@ -24,6 +25,9 @@ __all__ = [
     "Series",
     "CATALOGUE",
     "WORKER_GROUP_STATES",
+    "RESTART_REASONS",
+    "EVENT_KINDS_AT_ZERO",
+    "restart_reasons",
     "AgentMetrics",
     "MetricTarget",
     "classify_metric",
@@ -35,6 +39,29 @@ __all__ = [
 
 # WorkerState's seven values, as the ``state`` label spells them.
 WORKER_GROUP_STATES = ("UNKNOWN", "INIT", "HEALTHY", "UNHEALTHY", "STOPPED", "SUCCEEDED", "FAILED")
+
+# Why the agent restarts its worker group, as the ``reason`` label spells it.
+RESTART_REASONS = ("failure", "membership")
+
+# The documented event kinds with a fixed name, and who publishes each: their
+# ``elastiscope_events_total`` series exist at 0 from the moment the Prometheus sink is attached,
+# so ``increase()`` sees the first one (docs/reference.md's event table lists the same pairs).
+EVENT_KINDS_AT_ZERO = (
+    ("torchelastic.worker.status.RENDEZVOUS", "AGENT"),
+    ("torchelastic.worker.status.ASSIGN_WORKER_RANKS", "AGENT"),
+    ("torchelastic.worker.status.START", "WORKER"),
+    ("torchelastic.worker.status.SUCCEEDED", "WORKER"),
+    ("torchelastic.worker.status.SUCCEEDED", "AGENT"),
+    ("torchelastic.worker.status.FAILED", "WORKER"),
+    ("torchelastic.worker.status.FAILED", "AGENT"),
+    ("torchelastic.worker.status.TERMINATED", "WORKER"),
+    ("elastiscope.agent.run_start", "AGENT"),
+    ("elastiscope.agent.run_end", "AGENT"),
+    ("elastiscope.agent.state_change", "AGENT"),
+    ("elastiscope.rendezvous.complete", "AGENT"),
+    ("elastiscope.agent.restart", "AGENT"),
+    ("elastiscope.worker.failed", "WORKER"),
+)
 
 # Bucket bounds in seconds, chosen per step: rank assignment is a store round-trip (ms), a
 # rendezvous waits for peers (up to minutes), a restart includes both plus worker start.
@@ -48,7 +75,10 @@ class Series:
     """One exported series family, as documented in docs/reference.md.
 
     ``when`` is None for series present in every run, or says what makes them appear (the
-    reference test allows a conditional series to be absent from a run).
+    reference test allows a conditional series to be absent from a run). ``zero`` says when a
+    counter's or histogram's children are created at 0, before anything is counted, so that
+    ``increase()`` and ``rate()`` see the first increment (None: each child appears with its
+    first update, because its label values are not known before).
     """
 
     name: str
@@ -58,14 +88,20 @@ class Series:
     source: str
     when: str | None = None
     buckets: tuple[float, ...] = ()
+    zero: str | None = None
 
+
+_AT_RUN_START_BY_REASON = (
+    "at run start: reason failure unless max_restarts is 0, membership unless the rendezvous is static"
+)
 
 CATALOGUE: tuple[Series, ...] = (
     Series("elastiscope_agent_info", "gauge", ("run_id", "role", "rdzv_backend", "hostname", "version"),
            "Always 1; identifies the agent's current run.", "elastiscope.agent.run_start"),
     Series("elastiscope_runs_total", "counter", ("role", "outcome", "retried"),
            "Finished runs by outcome (succeeded, failed) and whether restarts were spent (true, false).",
-           "put_metric workers.<role>.run_{success,failed}_{with,no}_retries (run_total is their sum)"),
+           "put_metric workers.<role>.run_{success,failed}_{with,no}_retries (run_total is their sum)",
+           zero="at run start: all four outcome and retried pairs"),
     Series("elastiscope_flakiness_percent", "gauge", ("role",),
            "0 when the last run needed no restart, rising with restarts spent, 100 when it failed.",
            "put_metric workers.<role>.flakiness"),
@@ -79,31 +115,33 @@ CATALOGUE: tuple[Series, ...] = (
            "elastiscope.agent.state_change; put_metric workers.<role>.<state>"),
     Series("elastiscope_restarts_total", "counter", ("role", "reason"),
            "Worker group restarts by reason (failure, membership).", "elastiscope.agent.restart",
-           when="after a restart"),
+           zero=_AT_RUN_START_BY_REASON),
     Series("elastiscope_worker_failures_total", "counter", ("role", "local_rank", "exit_code", "signal"),
            "Worker process failures seen live by the monitor, by exit code or signal name "
            "(the other label is empty).", "elastiscope.worker.failed",
-           when="after a worker failure (local agent)"),
+           when="after a worker failure (local agent)",
+           zero=None),  # exit_code and signal are known only when a worker has failed
     Series("elastiscope_failure_detection_seconds", "histogram", ("role",),
-           "Time from a worker's exit to the agent noticing it.", "elastiscope.worker.failed",
-           when="after a worker failure (local agent)", buckets=_FAST_BUCKETS),
+           "Time from a worker's exit to the agent noticing it (observed by the local agent).",
+           "elastiscope.worker.failed", buckets=_FAST_BUCKETS, zero="at run start"),
     Series("elastiscope_rendezvous_duration_seconds", "histogram", ("role",),
            "Time spent in each rendezvous round.", "torchelastic.worker.status.RENDEZVOUS",
-           buckets=_STEP_BUCKETS),
+           buckets=_STEP_BUCKETS, zero="at run start"),
     Series("elastiscope_rank_assignment_duration_seconds", "histogram", ("role",),
            "Time spent assigning global and role ranks after a rendezvous.",
-           "torchelastic.worker.status.ASSIGN_WORKER_RANKS", buckets=_FAST_BUCKETS),
+           "torchelastic.worker.status.ASSIGN_WORKER_RANKS", buckets=_FAST_BUCKETS, zero="at run start"),
     Series("elastiscope_restart_duration_seconds", "histogram", ("role", "reason"),
            "From a restart decision to the worker group being HEALTHY again.",
            "elastiscope.agent.restart -> elastiscope.agent.state_change HEALTHY",
-           when="after a restart", buckets=_RESTART_BUCKETS),
+           buckets=_RESTART_BUCKETS, zero=_AT_RUN_START_BY_REASON),
     Series("elastiscope_worker_start_duration_seconds", "histogram", ("role",),
-           "Time the agent's _start_workers took.", "torch prof metric <Agent>._start_workers.duration.ms",
-           when="agents with @prof on _start_workers (the local agent, torch's)", buckets=_STEP_BUCKETS),
+           "Time the agent's _start_workers took (observed for agents with @prof on it: the "
+           "local agent, torch's).", "torch prof metric <Agent>._start_workers.duration.ms",
+           buckets=_STEP_BUCKETS, zero="at run start"),
     Series("elastiscope_worker_stop_duration_seconds", "histogram", ("role",),
-           "Time the agent's _stop_workers took.", "torch prof metric <Agent>._stop_workers.duration.ms",
-           when="after a restart or a final stop (agents with @prof on _stop_workers)",
-           buckets=_STEP_BUCKETS),
+           "Time the agent's _stop_workers took, before a restart or at the end (observed for "
+           "agents with @prof on it).", "torch prof metric <Agent>._stop_workers.duration.ms",
+           buckets=_STEP_BUCKETS, zero="at run start"),
     Series("elastiscope_world_size", "gauge", ("role",),
            "Total number of workers (all nodes) after the last rendezvous.", "elastiscope.rendezvous.complete"),
     Series("elastiscope_group_rank", "gauge", ("role",),
@@ -113,16 +151,23 @@ CATALOGUE: tuple[Series, ...] = (
     Series("elastiscope_worker_cpu_seconds_total", "counter", ("role", "local_rank"),
            "CPU time (user+system) used by a worker process; resets when the worker restarts.",
            "put_metric workers.<role>.worker.<local_rank>.cpu_seconds",
-           when="agents that sample worker resources (local agent)"),
+           when="agents that sample worker resources (local agent)",
+           # Not pre-created: only the agent that samples knows a rank is sampled (a 0 for an
+           # agent that never samples would claim no CPU was used). Its first sample comes one
+           # monitor interval after the worker starts, with the little CPU used by then.
+           zero=None),
     Series("elastiscope_worker_resident_memory_bytes", "gauge", ("role", "local_rank"),
            "Resident memory of a worker process.", "put_metric workers.<role>.worker.<local_rank>.rss_bytes",
            when="agents that sample worker resources (local agent)"),
     Series("elastiscope_events_total", "counter", ("name", "source"),
-           "Events published, by event name and source.", "every event"),
+           "Events published, by event name and source.", "every event",
+           zero="at configure: each documented event kind with a fixed name, with its source(s)"),
     Series("elastiscope_telemetry_dropped_total", "counter", ("sink",),
-           "Records a sink never received (its queue was full, or exit came first).", "pipeline SinkStats"),
+           "Records a sink never received (its queue was full, or exit came first).", "pipeline SinkStats",
+           zero="at configure: each configured sink"),
     Series("elastiscope_telemetry_sink_errors_total", "counter", ("sink",),
-           "Records whose delivery raised inside a sink.", "pipeline SinkStats"),
+           "Records whose delivery raised inside a sink.", "pipeline SinkStats",
+           zero="at configure: each configured sink"),
     Series("elastiscope_torchelastic_metric", "gauge", ("group", "name"),
            "Last value of any put_metric name not mapped to a series above (torch's prof "
            "metrics such as SimpleElasticAgent._rendezvous.duration.ms, custom names).",
@@ -225,6 +270,30 @@ class AgentMetrics:
             for key in [k for k in self._children if k[0] == series]:
                 del self._children[key]
 
+    # -- children at 0 ---------------------------------------------------------------------
+    # Standard Prometheus practice ("avoid missing metrics"): a counter or histogram child that
+    # first appears already holding its first event defeats increase() and rate(), which need
+    # an earlier sample. Every child whose label values are known before anything happens is
+    # created at 0 as soon as they are known; ``Series.zero`` documents which and when.
+
+    def start_run(self, role: str, max_restarts: float | None = None,
+                  rdzv_backend: str | None = None) -> None:
+        """Create at 0 the children of ``role`` that this run may count (idempotent: a child
+        that exists keeps its value). ``max_restarts`` and ``rdzv_backend`` rule out the
+        restart reasons that cannot happen (None: unknown, so possible)."""
+        for series in _ROLE_HISTOGRAMS:
+            self.child(series, role)
+        for outcome, retried in _RUN_OUTCOMES.values():
+            self.child("elastiscope_runs_total", role, outcome, retried)
+        for reason in restart_reasons(max_restarts, rdzv_backend):
+            self.child("elastiscope_restarts_total", role, reason)
+            self.child("elastiscope_restart_duration_seconds", role, reason)
+
+    def count_events_from_zero(self, kinds: Iterable[tuple[str, str]] = EVENT_KINDS_AT_ZERO) -> None:
+        """Create ``elastiscope_events_total{name, source}`` at 0 for each (name, source)."""
+        for name, source in kinds:
+            self.child("elastiscope_events_total", name, source)
+
     def set_group_state(self, role: str, state: str) -> None:
         for s in WORKER_GROUP_STATES:
             self.child("elastiscope_worker_group_state", role, s).set(1 if s == state else 0)
@@ -235,6 +304,20 @@ class AgentMetrics:
     def series_names(self) -> list[str]:
         return [s.name for s in CATALOGUE]
 
+
+def restart_reasons(max_restarts: float | None = None, rdzv_backend: str | None = None) -> tuple[str, ...]:
+    """The restart reasons a run can see: no failure restart without a restart budget, no
+    membership restart with the static rendezvous (its membership is fixed)."""
+    reasons = []
+    if max_restarts is None or max_restarts > 0:
+        reasons.append("failure")
+    if rdzv_backend != "static":
+        reasons.append("membership")
+    return tuple(reasons)
+
+
+# Histograms labelled by role alone: created at 0 when the run's role is known.
+_ROLE_HISTOGRAMS = tuple(s.name for s in CATALOGUE if s.type == "histogram" and s.labels == ("role",))
 
 _CUSTOM = {
     "elastiscope_worker_cpu_seconds_total",
@@ -349,5 +432,12 @@ def reference_rows(series: Iterable[Series] = CATALOGUE) -> list[str]:
         labels = ", ".join(s.labels)
         when = s.when and f"conditional: {s.when}" or "always"
         sources = "; ".join(f"`{part.strip()}`" for part in s.source.split(";"))
-        rows.append(f"| `{s.name}` | {s.type} | {labels} | {s.help} | {sources} | {when} |")
+        rows.append(f"| `{s.name}` | {s.type} | {labels} | {s.help} | {sources} | {zero_cell(s)} | {when} |")
     return rows
+
+
+def zero_cell(s: Series) -> str:
+    """docs/reference.md's *Starts at 0* cell for ``s``."""
+    if s.type == "gauge":
+        return "n/a (gauge)"
+    return s.zero or "no: created by its first update"

@@ -167,6 +167,106 @@ def test_rendezvous_complete_sets_world_and_group_sizes(sink):
     assert value(sink, "elastiscope_group_world_size", role="trainer") == 2
 
 
+# -- children at 0 ---------------------------------------------------------------------------
+# increase() and rate() need a sample before the first increment: every child whose label
+# values are known up front exists at 0 from then on (docs/reference.md, column Starts at 0).
+
+def exposed_samples(accept=None) -> dict[tuple[str, frozenset], float]:
+    """(sample name, labels) -> value, as a scrape of the current registry reads them."""
+    body, _ = catalogue.exposition(accept)
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+
+
+def sample(samples, series, **labels):
+    return samples.get((series, frozenset(labels.items())))
+
+
+RUN_START = dict(run_id="r1", role="trainer", rdzv_backend="c10d", hostname="h", version="0.1.0",
+                 max_restarts=3)
+
+
+def test_a_configured_pipeline_exposes_its_counters_at_zero_before_anything_happened(
+        isolated_telemetry, tmp_path):
+    telemetry.configure(event_log=tmp_path / "run.jsonl", log_format="json", bridge_torch=False, env={})
+    samples = exposed_samples()
+    for sink_name in ("memory", "log_context", "prometheus", "jsonl"):
+        assert sample(samples, "elastiscope_telemetry_dropped_total", sink=sink_name) == 0, sink_name
+        assert sample(samples, "elastiscope_telemetry_sink_errors_total", sink=sink_name) == 0, sink_name
+    for name, source in catalogue.EVENT_KINDS_AT_ZERO:
+        assert sample(samples, "elastiscope_events_total", name=name, source=source) == 0, name
+
+
+def test_a_configured_pipeline_exposes_the_runs_counters_at_zero_from_its_start(isolated_telemetry):
+    telemetry.configure(log_format="json", bridge_torch=False, env={})
+    telemetry.emit(ev("elastiscope.agent.run_start", **RUN_START))
+    samples = exposed_samples()
+    for reason in ("failure", "membership"):
+        assert sample(samples, "elastiscope_restarts_total", role="trainer", reason=reason) == 0, reason
+        assert sample(samples, "elastiscope_restart_duration_seconds_count",
+                      role="trainer", reason=reason) == 0, reason
+    for outcome in ("succeeded", "failed"):
+        for retried in ("true", "false"):
+            assert sample(samples, "elastiscope_runs_total",
+                          role="trainer", outcome=outcome, retried=retried) == 0, (outcome, retried)
+    for histogram in ("failure_detection", "rendezvous_duration", "rank_assignment_duration",
+                      "worker_start_duration", "worker_stop_duration"):
+        name = f"elastiscope_{histogram}_seconds"
+        assert sample(samples, f"{name}_count", role="trainer") == 0, name
+        assert sample(samples, f"{name}_bucket", role="trainer", le="+Inf") == 0, name
+
+
+def test_zero_series_are_in_the_openmetrics_exposition_too(isolated_telemetry):
+    telemetry.configure(log_format="json", bridge_torch=False, env={})
+    telemetry.emit(ev("elastiscope.agent.run_start", **RUN_START))
+    body, _ = catalogue.exposition("application/openmetrics-text; version=1.0.0")
+    assert 'elastiscope_restarts_total{reason="failure",role="trainer"} 0.0' in body.decode()
+
+
+def test_the_first_restart_counts_on_top_of_the_zero(sink):
+    sink.emit(ev("elastiscope.agent.run_start", **RUN_START))
+    assert value(sink, "elastiscope_restarts_total", role="trainer", reason="failure") == 0
+    sink.emit(ev("elastiscope.agent.restart", role="trainer", reason="failure", remaining_restarts=2))
+    assert value(sink, "elastiscope_restarts_total", role="trainer", reason="failure") == 1
+    assert value(sink, "elastiscope_restarts_total", role="trainer", reason="membership") == 0
+
+
+def test_a_later_run_start_keeps_what_was_counted(sink):
+    sink.emit(ev("elastiscope.agent.run_start", **RUN_START))
+    sink.emit(ev("elastiscope.agent.restart", role="trainer", reason="failure", remaining_restarts=2))
+    sink.emit(ev("torchelastic.worker.status.RENDEZVOUS", role="trainer", duration_ms=10.0))
+    sink.emit(ev("elastiscope.agent.run_start", **{**RUN_START, "run_id": "r2"}))
+    assert value(sink, "elastiscope_restarts_total", role="trainer", reason="failure") == 1
+    assert value(sink, "elastiscope_rendezvous_duration_seconds_count", role="trainer") == 1
+
+
+@pytest.mark.parametrize("max_restarts, backend, reasons", [
+    (3, "c10d", {"failure", "membership"}),
+    (0, "c10d", {"membership"}),  # no budget: a failure ends the run, it never restarts it
+    (3, "static", {"failure"}),   # a static rendezvous' membership never changes
+    (0, "static", set()),
+    (None, None, {"failure", "membership"}),  # unknown: both stay possible
+])
+def test_only_restart_reasons_that_can_happen_start_at_zero(sink, max_restarts, backend, reasons):
+    sink.emit(ev("elastiscope.agent.run_start", role="trainer", rdzv_backend=backend, max_restarts=max_restarts))
+    body, _ = _render(sink, None)
+    created = {s.labels["reason"] for f in text_string_to_metric_families(body.decode())
+               if f.name == "elastiscope_restarts" for s in f.samples}
+    assert created == reasons
+    for reason in reasons:
+        assert value(sink, "elastiscope_restart_duration_seconds_count", role="trainer", reason=reason) == 0
+
+
+def test_series_whose_label_values_come_with_the_event_are_not_created_up_front(sink):
+    # exit_code/signal are known only at the failure; a rank's CPU only once the agent samples it.
+    sink.emit(ev("elastiscope.agent.run_start", **RUN_START))
+    sink.emit(ev("torchelastic.worker.status.START", EventSource.WORKER, role="trainer"))
+    body, _ = _render(sink, None)
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert families["elastiscope_worker_failures"].samples == []
+    assert families["elastiscope_worker_cpu_seconds"].samples == []
+
+
 # -- registry, health, exposition, push -------------------------------------------------------
 
 def test_sink_health_series_report_pipeline_drops_and_errors():

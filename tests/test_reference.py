@@ -50,13 +50,24 @@ def _name(cell: str) -> str:
 def documented_series() -> dict[str, dict]:
     out = {}
     for row in _table("Metric series", "Series"):
-        name, type_, labels, presence = _name(row[0]), row[1], row[2], row[-1]
+        name, type_, labels, zero, presence = _name(row[0]), row[1], row[2], row[-2], row[-1]
         out[name] = {
             "type": type_,
             "labels": {label.strip() for label in labels.split(",") if label.strip()},
             "conditional": presence.startswith("conditional"),
+            "zero": zero,
         }
     return out
+
+
+def documented_event_sources() -> set[tuple[str, str]]:
+    """(name, source) of every event kind with a fixed name, as the event table lists them."""
+    pairs = set()
+    for row in _table("Event kinds", "Name"):
+        name = _name(row[0])
+        if "<" not in name:
+            pairs |= {(name, source) for source in re.findall(r"\b(AGENT|WORKER)\b", row[1])}
+    return pairs
 
 
 def documented_events() -> dict[str, bool]:
@@ -70,11 +81,39 @@ def _matches(pattern: str, name: str) -> bool:
     return re.fullmatch(regex, name) is not None
 
 
+class _ScrapeAtRunStart(telemetry.Sink):
+    """Renders /metrics the moment the run starts, as a scrape at that instant would see it.
+
+    Synchronous and attached after the Prometheus sink, so the run_start event is already counted.
+    """
+
+    name = "scrape_at_run_start"
+    synchronous = True
+    metrics = False
+
+    def __init__(self) -> None:
+        self.scrapes: list[bytes] = []
+
+    def emit(self, record) -> None:
+        if record.name == "elastiscope.agent.run_start":
+            self.scrapes.append(metrics.exposition(None)[0])
+
+
+def _samples(body: bytes) -> dict[str, list]:
+    """Series name (counters with _total) -> its samples."""
+    out = {}
+    for f in text_string_to_metric_families(body.decode()):
+        out[f.name + "_total" if f.type == "counter" else f.name] = f.samples
+    return out
+
+
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     log = tmp_path_factory.mktemp("ref") / "run.jsonl"
+    at_start = _ScrapeAtRunStart()
     with telemetry_isolation():
-        telemetry.configure(event_log=log, log_format="json", env={})
+        telemetry.configure(event_log=log, log_format="json", env={}, extra_sinks=[at_start])
+        at_configure, _ = metrics.exposition(None)
         result = run_job(fail_attempts=1, max_restarts=1, backend="c10d", run_id="reference-run")
         assert telemetry.get_pipeline().flush(timeout=5)
         body, _ = metrics.exposition(None)
@@ -87,11 +126,12 @@ def real_run(tmp_path_factory):
         labels = set().union(*(s.labels.keys() for s in f.samples)) - {"le"}
         exported[name] = {"type": f.type, "labels": labels}
     events = {json.loads(line)["name"] for line in log.read_text().splitlines()}
-    return exported, events
+    assert len(at_start.scrapes) == 1
+    return exported, events, {"at configure": _samples(at_configure), "at run start": _samples(at_start.scrapes[0])}
 
 
 def test_every_exported_series_is_documented_with_its_type_and_labels(real_run):
-    exported, _ = real_run
+    exported, _, _ = real_run
     docs = documented_series()
     undocumented = sorted(set(exported) - set(docs))
     assert not undocumented, f"exported but not in docs/reference.md: {undocumented}"
@@ -101,20 +141,20 @@ def test_every_exported_series_is_documented_with_its_type_and_labels(real_run):
 
 
 def test_every_unconditional_documented_series_is_exported(real_run):
-    exported, _ = real_run
+    exported, _, _ = real_run
     missing = sorted(n for n, d in documented_series().items() if not d["conditional"] and n not in exported)
     assert not missing, f"documented as always present but not exported: {missing}"
 
 
 def test_every_logged_event_kind_is_documented(real_run):
-    _, events = real_run
+    _, events, _ = real_run
     patterns = documented_events()
     undocumented = sorted(n for n in events if not any(_matches(p, n) for p in patterns))
     assert not undocumented, f"logged but not in docs/reference.md: {undocumented}"
 
 
 def test_every_unconditional_documented_event_kind_is_logged(real_run):
-    _, events = real_run
+    _, events, _ = real_run
     missing = sorted(p for p, conditional in documented_events().items()
                      if not conditional and not any(_matches(p, n) for n in events))
     assert not missing, f"documented as always present but not logged: {missing}"
@@ -124,3 +164,41 @@ def test_reference_table_lists_exactly_the_catalogue():
     assert set(documented_series()) == {s.name for s in metrics.CATALOGUE}
     for s in metrics.CATALOGUE:
         assert documented_series()[s.name]["conditional"] == (s.when is not None), s.name
+
+
+def test_reference_says_which_series_start_at_zero_as_the_catalogue_does():
+    for s in metrics.CATALOGUE:
+        assert documented_series()[s.name]["zero"] == metrics.zero_cell(s), s.name
+
+
+MOMENTS = ("at configure", "at run start")  # in the order they happen
+
+
+def _counted_already(sample) -> bool:
+    """Samples a scrape at those moments may show above 0: the events published before."""
+    return sample.name == "elastiscope_events_total" and (
+        sample.labels["name"] == "elastiscope.agent.run_start"
+        or (sample.labels["name"], sample.labels["source"]) not in documented_event_sources())
+
+
+def test_series_documented_to_start_at_zero_are_scraped_at_zero_when_it_says(real_run):
+    # The real job as a scrape sees it right after configure() and at the run's start: every
+    # counter and histogram the table says starts at 0 by then is there, holding zeros; every
+    # one it says appears later is not there yet.
+    _, _, scrapes = real_run
+    for name, doc in documented_series().items():
+        if doc["type"] == "gauge":
+            continue
+        starts = next((i for i, moment in enumerate(MOMENTS) if doc["zero"].startswith(moment)), None)
+        for i, moment in enumerate(MOMENTS):
+            seen = scrapes[moment].get(name, [])
+            if starts is None or i < starts:
+                assert not seen, f"{name}: documented to appear later, but there {moment}"
+                continue
+            assert seen, f"{name}: documented to start at 0 {moment}, but not there"
+            counted = [s for s in seen if s.value != 0 and not _counted_already(s)]
+            assert not counted, f"{name} {moment}: {counted}"
+
+
+def test_the_event_kinds_counted_from_zero_are_the_documented_kinds_with_their_sources():
+    assert set(metrics.EVENT_KINDS_AT_ZERO) == documented_event_sources()

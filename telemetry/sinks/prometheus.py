@@ -43,6 +43,8 @@ class PrometheusSink(Sink):
             "torchelastic.worker.status.RENDEZVOUS": self._rendezvous_duration,
             "torchelastic.worker.status.ASSIGN_WORKER_RANKS": self._rank_assignment_duration,
         }
+        # Children whose label values are known now start at 0 (the role's, at run start).
+        self.metrics.count_events_from_zero()
 
     def emit(self, record: Event | MetricPoint) -> None:
         if type(record) is MetricPoint:
@@ -80,6 +82,10 @@ class PrometheusSink(Sink):
         if isinstance(max_restarts, (int, float)):
             m.child("elastiscope_max_restarts", role).set(max_restarts)
             m.child("elastiscope_remaining_restarts", role).set(max_restarts)
+        else:
+            max_restarts = None
+        backend = md.get("rdzv_backend")
+        m.start_run(role, max_restarts, backend if isinstance(backend, str) else None)
 
     def _state_change(self, event: Event) -> None:
         md = event.metadata
