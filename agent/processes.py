@@ -2,12 +2,14 @@
 
 The pieces, each with one job:
 
-* :class:`ProgramSpawner` -- a small stdlib-only helper process that forks program workers.
-  Workers must die with the agent, which takes ``PR_SET_PDEATHSIG`` set in the child between
-  fork and exec. Doing that from the agent itself means a full ``fork()`` of a process with
-  torch mapped (about 14 ms per worker measured here, all on the restart's critical path);
-  the helper is a bare interpreter and starts a worker in about 2 ms. It also reaps the
-  workers and reports each exit on a pipe the moment it happens.
+* :class:`ProgramSpawner` -- the agent's handle on a small helper process
+  (:mod:`agent._spawner`) that forks program workers. Workers must die with the agent, which
+  takes ``PR_SET_PDEATHSIG`` set in the child between fork and exec. Doing that from the
+  agent itself means a full ``fork()`` of a process with torch mapped (about 14 ms per worker
+  measured here, all on the restart's critical path); the helper is a bare interpreter that
+  imports next to nothing (it lives as long as the job, so its size is paid all along) and
+  starts a worker in about 2 ms. It also reaps the workers and reports each exit on a pipe
+  the moment it happens.
 * Warm standbys -- for workers that are Python scripts, the spawner can start interpreters
   ahead of a restart (same executable, same flags) that wait on a pipe. A restart hands each
   its environment, log files and argv, and it runs the script in a clean ``__main__`` at once:
@@ -26,7 +28,7 @@ its parent is still the process that started it (the parent may have died before
 took effect). The spawner does the same with the agent, so killing the agent takes down the
 spawner and, through it, every program worker.
 
-Nothing here imports torch: callable workers and the spawner import this module when they boot.
+Nothing here imports torch: callable workers import this module when they boot.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import selectors
 import signal
 import sys
@@ -42,6 +45,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+
+from agent import _spawner
 
 __all__ = [
     "WorkerLaunch",
@@ -59,25 +64,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-_prctl: Callable[..., int] | None = None
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    """libc's prctl, loaded before any fork so that the child only has to call it."""
-    global _prctl
-    if _prctl is None:
-        try:
-            import ctypes
-
-            fn = ctypes.CDLL(None, use_errno=True).prctl
-            fn.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-            fn.restype = ctypes.c_int
-            _prctl = fn
-        except (OSError, AttributeError):  # not Linux: no parent-death signal to ask for
-            return None
-    return _prctl
-
 
 def die_with_parent(expected_parent: int | None) -> None:
     """Have the kernel SIGKILL this process when its parent dies; die now if it already has.
@@ -87,11 +73,7 @@ def die_with_parent(expected_parent: int | None) -> None:
     handed us to another process. ``expected_parent`` None skips the check (the forkserver
     start method, where the parent is not the agent).
     """
-    prctl = _load_prctl()
-    if prctl is not None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if expected_parent is not None and os.getppid() != expected_parent:
-        os.kill(os.getpid(), signal.SIGKILL)
+    _spawner.die_with_parent(expected_parent)
 
 
 # ---- what to start ------------------------------------------------------------------------
@@ -363,194 +345,22 @@ class StandbyPool:
 # ---- the spawner --------------------------------------------------------------------------
 
 
-def _spawner_main(agent_pid: int, request_fd: int, reply_fd: int) -> None:
-    """The helper process's loop: fork on request, report every exit the moment it happens.
-
-    Messages in: ("spawn", [request, ...]), ("standby", [request, ...]), ("dismiss", [pid,
-    ...]) and ("quit",); EOF means the agent is gone. Messages out: ("spawned", [result, ...])
-    and ("standbys", [result, ...]) in request order, and ("exited", [(pid, returncode, epoch
-    seconds), ...]) whenever children exit.
-    """
-    die_with_parent(agent_pid)
-    import functools
-    from multiprocessing.connection import Connection
-
-    requests = Connection(request_fd, writable=False)
-    replies = Connection(reply_fd, readable=False)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    state = _SpawnerState(functools.partial(die_with_parent, os.getpid()))
-
-    selector = selectors.DefaultSelector()
-    selector.register(request_fd, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
-
-    while True:
-        for key, _ in selector.select():
-            if key.fd == wake_r:
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-                exits = state.reap()
-                if exits:
-                    replies.send(("exited", exits))
-                continue
-            try:
-                kind, *payload = requests.recv()
-            except EOFError:
-                kind, payload = "quit", []
-            if kind == "quit":
-                state.kill_all()
-                return
-            if kind == "spawn":
-                replies.send(("spawned", [state.spawn(r) for r in payload[0]]))
-            elif kind == "standby":
-                replies.send(("standbys", [state.start_standby(r) for r in payload[0]]))
-            elif kind == "dismiss":
-                for pid in payload[0]:
-                    state.dismiss(pid)
-
-
-class _SpawnerState:
-    """The spawner's children: running programs, and standbys waiting for a job."""
-
-    def __init__(self, in_child: Callable[[], None]) -> None:
-        self.in_child = in_child
-        self.children: dict[int, Any] = {}  # pid -> subprocess.Popen
-        self.standby_pipes: dict[int, int] = {}  # standby pid -> write end of its job pipe
-
-    def spawn(self, request: dict) -> tuple:
-        standby = request.get("standby")
-        if standby is not None and self._hand_job(standby, request["job"]):
-            return ("ok", standby, time.time())
-        return self._popen(request, stdout=request["stdout"], stderr=request["stderr"])
-
-    def start_standby(self, request: dict) -> tuple:
-        job_r, job_w = os.pipe()
-        try:
-            import fcntl
-
-            # Room for the whole job, so that handing it over never blocks this loop.
-            fcntl.fcntl(job_w, fcntl.F_SETPIPE_SZ, 1 << 20)
-        except (ImportError, AttributeError, OSError):
-            pass
-        os.set_blocking(job_w, False)
-        request = dict(request, argv=[*request["argv"], str(job_r), *request["display"]])
-        result = self._popen(request, stdout="", stderr="", pass_fds=(job_r,))
-        os.close(job_r)
-        if result[0] == "ok":
-            self.standby_pipes[result[1]] = job_w
-        else:
-            os.close(job_w)
-        return result
-
-    def _hand_job(self, pid: int, job: dict) -> bool:
-        import marshal
-
-        job_w = self.standby_pipes.pop(pid, None)
-        if job_w is None:
-            return False
-        data = marshal.dumps(job)
-        try:
-            written = os.write(job_w, data)
-        except OSError:  # it died while waiting
-            written = -1
-        os.close(job_w)
-        if written == len(data):
-            return True
-        _signal_group(pid, signal.SIGKILL)  # half a job is no job
-        return False
-
-    def dismiss(self, pid: int) -> None:
-        job_w = self.standby_pipes.pop(pid, None)
-        if job_w is not None:
-            os.close(job_w)  # EOF without a job: the standby exits 0
-
-    def _popen(self, request: dict, stdout: str, stderr: str, pass_fds: tuple = ()) -> tuple:
-        import subprocess
-
-        streams = []
-        try:
-            for path in (stdout, stderr):
-                streams.append(open(path, "w") if path else None)  # noqa: SIM115
-            proc = subprocess.Popen(
-                request["argv"],
-                env=request["env"],
-                cwd=request["cwd"],
-                stdout=streams[0],
-                stderr=streams[1],
-                pass_fds=pass_fds,
-                start_new_session=True,
-                preexec_fn=self.in_child,
-            )
-        except BaseException as exc:  # handed back to the agent, which raises it
-            try:
-                pickle.dumps(exc)
-            except Exception:
-                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-            return ("error", exc)
-        finally:
-            for stream in streams:
-                if stream is not None:
-                    stream.close()
-        self.children[proc.pid] = proc
-        return ("ok", proc.pid, time.time())
-
-    def reap(self) -> list[tuple[int, int, float]]:
-        done = []
-        for pid, proc in list(self.children.items()):
-            code = proc.poll()
-            if code is not None:
-                done.append((pid, code, time.time()))
-                del self.children[pid]
-                self.dismiss(pid)
-        return done
-
-    def kill_all(self) -> None:
-        for pid in list(self.standby_pipes):
-            self.dismiss(pid)
-        for pid in self.children:
-            _signal_group(pid, signal.SIGKILL)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the worker's whole process group; the worker alone if it has no group yet."""
-    try:
-        os.killpg(pid, sig)
-        return
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 class ProgramSpawner:
     """The agent's handle on the spawner process (see the module docstring for why it exists).
 
-    Start it from the thread that will outlive the workers (the run loop's): the kernel's
+    The process runs :mod:`agent._spawner`, which speaks marshal frames on two pipes. Start
+    it from the thread that will outlive the workers (the run loop's): the kernel's
     parent-death signal follows the thread that started a process, not the whole process.
     """
 
     def __init__(self) -> None:
-        from multiprocessing.connection import Connection
+        import subprocess
 
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()
         try:
-            import subprocess
-
             self._proc = subprocess.Popen(
-                [
-                    sys.executable, "-I", "-S", os.path.abspath(__file__), "--spawner",
-                    str(os.getpid()), str(request_r), str(reply_w),
-                ],
+                [*spawner_command(), str(os.getpid()), str(request_r), str(reply_w)],
                 pass_fds=(request_r, reply_w),
                 start_new_session=True,  # terminal signals are the agent's to handle
             )
@@ -560,8 +370,10 @@ class ProgramSpawner:
             raise
         os.close(request_r)
         os.close(reply_w)
-        self._requests = Connection(request_w, readable=False)
-        self._replies = Connection(reply_r, writable=False)
+        self._request_fd = request_w
+        self._reply_fd = reply_r
+        self._poller = select.poll()
+        self._poller.register(reply_r, select.POLLIN)
         self._exits: dict[int, tuple[int, float]] = {}
         self.alive = True
 
@@ -570,7 +382,7 @@ class ProgramSpawner:
         return self._proc.pid
 
     def fileno(self) -> int:
-        return self._replies.fileno()
+        return self._reply_fd
 
     def spawn(self, requests: list[dict]) -> list[tuple]:
         """Start programs; one ("ok", pid, started_at) or ("error", exception) per request.
@@ -588,28 +400,32 @@ class ProgramSpawner:
         """Tell unused standbys to exit."""
         if pids and self.alive:
             try:
-                self._requests.send(("dismiss", list(pids)))
+                _spawner.send(self._request_fd, ("dismiss", list(pids)))
             except OSError:
                 pass
 
     def _call(self, kind: str, payload: list, reply_kind: str) -> list:
-        self._requests.send((kind, payload))
+        try:
+            _spawner.send(self._request_fd, (kind, payload))
+        except OSError:
+            self.alive = False
+            raise ChildProcessError("the worker spawner process is gone") from None
         while True:
             message = self._recv()
             if message[0] == reply_kind:
-                return message[1]
+                return [_result(r) for r in message[1]]
 
     def take_exits(self) -> dict[int, tuple[int, float]]:
         """Exits reported so far and not yet taken: {pid: (returncode, epoch seconds)}."""
-        while self.alive and self._replies.poll(0):
+        while self.alive and self._poller.poll(0):
             self._recv()
         exits, self._exits = self._exits, {}
         return exits
 
     def _recv(self) -> tuple:
         try:
-            message = self._replies.recv()
-        except (EOFError, OSError):
+            message = _spawner.recv(self._reply_fd)
+        except (EOFError, OSError, ValueError):  # ValueError: a frame marshal cannot read
             self.alive = False
             raise ChildProcessError("the worker spawner process is gone") from None
         if message[0] == "exited":
@@ -620,7 +436,7 @@ class ProgramSpawner:
     def close(self, timeout: float = 5.0) -> None:
         if self._proc.returncode is None:
             try:
-                self._requests.send(("quit",))
+                _spawner.send(self._request_fd, ("quit",))
             except OSError:
                 pass
             try:
@@ -629,8 +445,45 @@ class ProgramSpawner:
                 self._proc.kill()
                 self._proc.wait()
         self.alive = False
-        self._requests.close()
-        self._replies.close()
+        for fd in (self._request_fd, self._reply_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._request_fd = self._reply_fd = -1
+
+
+# Runs the spawner's module from its cached bytecode: run as a script (``python file.py``) it
+# would be compiled on every start, which costs the process about 1 MiB of its peak for good.
+_SPAWNER_BOOT = (
+    "import sys, _frozen_importlib_external as f; p = sys.argv[1]; "
+    "n = {'__name__': 'agent._spawner', '__file__': p, '__builtins__': __builtins__}; "
+    "exec(f.SourceFileLoader(n['__name__'], p).get_code(n['__name__']), n); "
+    "n['main'](*map(int, sys.argv[2:5]))"
+)
+
+
+def spawner_command() -> list[str]:
+    """The spawner's command line, before its three arguments (agent pid, request and reply fds).
+
+    ``-I -S``: no site packages, no environment, nothing but the interpreter's own start-up;
+    the module imports nothing from this package, so it needs no ``sys.path``.
+    """
+    return [sys.executable, "-I", "-S", "-c", _SPAWNER_BOOT, _spawner.__file__]
+
+
+def _result(result: tuple) -> tuple:
+    """A spawner result, with its error description made an exception again."""
+    if result[0] != "error":
+        return result
+    kind, *detail = result[1]
+    if kind == "OSError":
+        errno, strerror, filename = detail
+        # OSError(errno, ...) picks the subclass (FileNotFoundError, PermissionError, ...).
+        exc = OSError(errno, strerror, filename) if filename is not None else OSError(errno, strerror)
+    else:
+        exc = RuntimeError(detail[0])
+    return ("error", exc)
 
 
 # ---- the workers of one attempt -----------------------------------------------------------
@@ -665,7 +518,7 @@ class WorkerProcess:
 
     def send_signal(self, sig: int) -> None:
         if self.exit_code is None:
-            _signal_group(self.pid, sig)
+            _spawner._signal_group(self.pid, sig)
 
     def _ended(self, code: int, exited_at: float) -> None:
         self.exit_code = code
@@ -1009,7 +862,3 @@ def read_usage(pid: int) -> tuple[float, int] | None:
         return None
     utime, stime, rss_pages = int(fields[11]), int(fields[12]), int(fields[21])
     return (utime + stime) / _CLOCK_TICKS, rss_pages * _PAGE_SIZE
-
-
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--spawner":
-    _spawner_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

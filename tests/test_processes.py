@@ -83,6 +83,87 @@ def test_a_missing_program_raises_file_not_found(spawner):
         WorkerSet.start([WorkerLaunch(0, "/nonexistent/program")], spawner)
 
 
+def test_a_missing_program_found_nowhere_on_path_is_named_as_given(spawner):
+    with pytest.raises(FileNotFoundError) as caught:
+        WorkerSet.start([WorkerLaunch(0, "no-such-program-here", env={"PATH": "/usr/bin:/bin"})], spawner)
+    assert caught.value.filename == "no-such-program-here"
+
+
+def test_a_log_file_that_cannot_be_created_fails_the_start_naming_it(spawner, tmp_path):
+    missing = str(tmp_path / "no-such-dir" / "stdout.log")
+    with pytest.raises(FileNotFoundError) as caught:
+        WorkerSet.start([WorkerLaunch(0, PY, ("-c", "pass"), stdout=missing)], spawner)
+    assert caught.value.filename == missing
+
+
+def _finish(workers: WorkerSet) -> None:
+    while any(w.running for w in workers.workers):
+        workers.wait(20)
+        workers.collect()
+    workers.close()
+
+
+def test_a_program_gets_only_the_standard_streams_and_default_signal_dispositions(spawner, tmp_path):
+    # The agent's pipes to the spawner must not leak into workers (a worker holding the
+    # reply pipe would hide the spawner's death from the agent), and the signals the
+    # interpreter ignores (SIGPIPE, SIGXFSZ) must be back to their defaults in a program.
+    out = tmp_path / "out"
+    _finish(WorkerSet.start(
+        [WorkerLaunch(0, "/bin/sh", ("-c", "ls /proc/$$/fd; grep SigIgn /proc/$$/status"), stdout=str(out))],
+        spawner))
+    lines = out.read_text().split()
+    fds = sorted(int(x) for x in lines[: lines.index("SigIgn:")])
+    assert fds == [0, 1, 2]
+    assert int(lines[lines.index("SigIgn:") + 1], 16) == 0
+
+
+def test_a_request_larger_than_a_pipe_buffer_arrives_whole(spawner, tmp_path):
+    # A pipe holds 64 KiB: the spawner has to read this request in parts.
+    big = {f"BIG{i}": "x" * 60_000 for i in range(5)}
+    out = tmp_path / "out"
+    code = "import os; print(sum(len(v) for k, v in os.environ.items() if k[:3] == 'BIG'), os.environ['RANK'])"
+    launches = [WorkerLaunch(r, PY, ("-c", code), {**big, "RANK": str(r)}, stdout=f"{out}.{r}")
+                for r in range(2)]
+    _finish(WorkerSet.start(launches, spawner))
+    assert [(out.parent / f"out.{r}").read_text().split() for r in range(2)] == [["300000", "0"], ["300000", "1"]]
+
+
+def test_the_spawner_process_imports_only_what_it_needs(tmp_path):
+    # It lives as long as the job: every module it imports is memory held all along. This
+    # runs its real command line, as the agent starts it, with -X importtime.
+    from agent.processes import spawner_command
+
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    command = spawner_command()
+    command.insert(1, "-Ximporttime")
+    proc = subprocess.Popen([*command, str(os.getpid()), str(request_r), str(reply_w)],
+                            pass_fds=(request_r, reply_w), stderr=subprocess.PIPE, text=True)
+    os.close(request_r)
+    os.close(reply_w)
+    try:
+        from agent import _spawner
+
+        _spawner.send(request_w, ("spawn", [{"argv": ["/bin/true"], "env": {}, "cwd": str(tmp_path),
+                                             "stdout": "", "stderr": ""}]))
+        assert _spawner.recv(reply_r)[0] == "spawned"
+    finally:
+        os.close(request_w)  # EOF: the spawner exits
+        _, stderr = proc.communicate(timeout=30)
+        os.close(reply_r)
+    def modules(importtime: str) -> set[str]:
+        return {line.split("|")[-1].strip() for line in importtime.splitlines()
+                if line.startswith("import time:") and "imported package" not in line}
+
+    bare = subprocess.run([PY, "-I", "-S", "-Ximporttime", "-c", "pass"], capture_output=True,
+                          text=True, timeout=30).stderr
+    imported = modules(stderr) - modules(bare)  # beyond the interpreter's own start-up
+    allowed = {"_signal", "select", "fcntl", "ctypes", "_ctypes", "struct", "_struct", "ctypes._endian",
+               "types", "os", "stat", "_stat", "posixpath", "genericpath", "os.path", "_collections_abc",
+               "marshal", "time"}
+    assert imported and imported <= allowed, sorted(imported - allowed)
+
+
 def test_workers_die_when_their_spawner_is_killed(spawner, tmp_path):
     # Nothing can run in a SIGKILLed spawner: only the kernel's parent-death signal is left.
     WorkerSet.start([sleeper(r, tmp_path) for r in range(2)], spawner)
