@@ -238,10 +238,49 @@ def test_every_rule_evaluates_healthy_on_live_data(stack, crash_once):
 
 
 def test_restart_recording_rule_counts_the_single_restart(stack, crash_once):
-    # The restart counter appears with its first restart; the rule must still count it.
-    recorded = f'instance_role:elastiscope_restarts:increase10m{{instance="{crash_once.instance}"}}'
-    value = stack.prometheus.query(over_run("max_over_time", recorded, crash_once))
-    assert [float(v["value"][1]) for v in value] == [1.0]
+    # The rule is a plain increase() over the counter the agent created at 0 at run start; its
+    # 10-minute window still holds the whole run. increase() extrapolates half a scrape
+    # interval past the last sample, so the single restart reads as 1 and a few hundredths
+    # (without the zero it would read 0).
+    stack.prometheus.wait_for_rule_evaluation(after=time.time())
+    value = stack.prometheus.query(
+        f'instance_role:elastiscope_restarts:increase10m{{instance="{crash_once.instance}"}}')
+    assert len(value) == 1
+    assert 1.0 <= float(value[0]["value"][1]) < 1.5, value
+
+
+def test_restart_counter_is_scraped_at_zero_before_the_restart(stack, crash_once):
+    lowest = stack.prometheus.query(over_run(
+        "min_over_time", f'elastiscope_restarts_total{{instance="{crash_once.instance}"}}', crash_once))
+    assert {r["metric"]["reason"]: float(r["value"][1]) for r in lowest} == {"failure": 0.0, "membership": 0.0}
+
+
+def test_increase_over_the_run_sees_exactly_one_restart(stack, crash_once):
+    # What a user's own increase() query sees, with no workaround: one failure restart (the
+    # extrapolation past the last sample adds less than half a restart), no membership one.
+    increase = stack.prometheus.query(over_run(
+        "increase", f'elastiscope_restarts_total{{instance="{crash_once.instance}"}}', crash_once))
+    by_reason = {r["metric"]["reason"]: float(r["value"][1]) for r in increase}
+    assert set(by_reason) == {"failure", "membership"}
+    assert round(by_reason["failure"]) == 1 and by_reason["failure"] >= 1.0, by_reason
+    assert by_reason["membership"] == 0.0, by_reason
+
+
+def test_histograms_show_their_first_observation_to_rate(stack, crash_once):
+    # The duration panels' rate() sees the single failure detection and the single restart.
+    for histogram in ("elastiscope_failure_detection_seconds", "elastiscope_restart_duration_seconds"):
+        seen = stack.prometheus.query(over_run(
+            "increase", f'{histogram}_count{{instance="{crash_once.instance}"}}', crash_once))
+        total = sum(float(r["value"][1]) for r in seen)
+        assert round(total) == 1 and total >= 1.0, (histogram, seen)
+
+
+def test_restart_annotation_marks_the_single_restart(stack, crash_once):
+    (dashboard,) = ph.load_dashboards().values()
+    (expr,) = [e for where, e in ph.annotation_queries(dashboard) if where == "annotation Restarts"]
+    series = stack.prometheus.query_range(
+        ph.promql_from_grafana(expr), start=crash_once.started, end=time.time(), step=1)
+    assert [s["metric"]["reason"] for s in series] == ["failure"], series
 
 
 # -- a job too short for any scrape -------------------------------------------------------------

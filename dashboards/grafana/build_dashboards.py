@@ -53,21 +53,13 @@ def targets(*specs: tuple[str, str], instant: bool = False) -> list[dict]:
     return [target(expr, legend, chr(ord("A") + i), instant) for i, (expr, legend) in enumerate(specs)]
 
 
-def increase_counting_births(series: str, window: str) -> str:
-    """What ``series`` grew by over ``window``, counting series born inside the window.
-
-    Elastiscope creates a labelled counter or histogram child on its first event, so the
-    first sample already holds that event and increase() (which needs two samples) misses it:
-    a single restart would never show. A series absent ``window`` ago is new, and its current
-    value is its whole increase; every other series goes through increase().
-    """
-    born = f"({series} unless {series} offset {window})"
-    return f"(increase({series}[{window}]) unless {born}) or {born}"
-
-
 def quantiles(histogram: str, by: str, window: str = "$__rate_interval") -> list[dict]:
-    """p50/p90/p99 of a histogram's observations within ``window``, one line per ``by`` group."""
-    buckets = increase_counting_births(f"{histogram}_bucket{{{AGENT}}}", window)
+    """p50/p90/p99 of a histogram's observations within ``window``, one line per ``by`` group.
+
+    The agent creates these histograms at 0 when a run starts (docs/reference.md, *Starts at
+    0*), so rate() sees even the first observation: a single restart or failure shows.
+    """
+    buckets = f"rate({histogram}_bucket{{{AGENT}}}[{window}])"
     label = " ".join(f"{{{{{name.strip()}}}}}" for name in by.split(","))
     return targets(*[
         (f"histogram_quantile({q}, sum by (le, {by}) ({buckets}))", f"p{int(float(q) * 100)} {label}")
@@ -173,8 +165,7 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                     targets((f"max by (role) (elastiscope_world_size{{{AGENT}}})", "{{role}} workers"),
                             (f"max by (role) (elastiscope_group_world_size{{{AGENT}}})", "{{role}} nodes"))),
          12, 7),
-        # Counters that appear with their first increment defeat increase(): a single restart
-        # would never show. The running count per run steps up exactly when restarts happen.
+        # The running count per run (0 from the run's start) steps up exactly when restarts happen.
         (timeseries("Restarts", "Restarts so far in each agent's run, by reason; each step is a restart.",
                     targets((f"max by (instance, role, reason) (elastiscope_restarts_total{{{AGENT}}})",
                              "{{instance}} {{role}} {{reason}}")), steps=True), 12, 7),
@@ -351,9 +342,9 @@ def overview_dashboard() -> dict:
         "datasource": DATASOURCE,
         "enable": True,
         "iconColor": "orange",
-        # A step of the counter, or the counter appearing (its first restart).
-        "expr": (f"sum by (instance, role, reason) (changes({restarts}[$__rate_interval]) > 0 "
-                 f"or ({restarts} unless {restarts} offset $__rate_interval))"),
+        # The counter starts at 0 with the run, so its first restart is an increase too;
+        # increase() (unlike changes()) ignores the drop to 0 when a new agent process starts.
+        "expr": f"sum by (instance, role, reason) (increase({restarts}[$__rate_interval]) > 0)",
         "step": "15s",
         "titleFormat": "Restart ({{reason}})",
         "textFormat": "{{instance}} {{role}}",
