@@ -427,7 +427,7 @@ def scratch(parent: Path) -> Path:
 
 
 def launch_noop(name: str, rdzv: str, nproc: int, workdir: Path, timeout: float = 180.0,
-                interval: float | None = 0.01) -> dict:
+                interval: float | None = 0.01, extra_flags: Sequence[str] = ()) -> dict:
     """A no-op job: wall time from exec to exit, and the agent side's peak memory.
 
     The launcher's own peak is its ``ru_maxrss`` from ``wait4``. With ``interval=None`` nothing
@@ -435,16 +435,19 @@ def launch_noop(name: str, rdzv: str, nproc: int, workdir: Path, timeout: float 
     spawner, standbys) are sampled every ``interval``; a sample counts only once the helper
     has exec'd (its command line differs from the launcher's): between fork and exec a child
     shows its parent's shared pages as its own RSS, which torchrun's workers and our spawner
-    both go through. Workers are told apart by the pid files they write.
+    both go through. Workers are told apart by the pid files they write. ``extra_flags`` go
+    to the launcher after its usual flags. The launchers run with bytecode caching on (see
+    :func:`_launch_env`).
     """
     out = scratch(workdir)
     script = write_script(workdir, "noop.py", NOOP_WORKER)
-    argv = [*launcher_argv(name, rdzv, out), "--nproc-per-node", str(nproc), str(script), str(out)]
+    argv = [*launcher_argv(name, rdzv, out), *extra_flags, "--nproc-per-node", str(nproc), str(script),
+            str(out)]
     stderr_path = out / "launcher.stderr"
     helpers: dict[int, int] = {}
     started = time.perf_counter()
     with open(stderr_path, "wb") as stderr:
-        proc = subprocess.Popen(argv, env=bench_env(), cwd=out, stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(argv, env=_launch_env(), cwd=out, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + timeout
     root = psutil.Process(proc.pid)
     root_cmdline = list(argv)  # what /proc shows for the launcher once it has exec'd
@@ -472,6 +475,20 @@ def launch_noop(name: str, rdzv: str, nproc: int, workdir: Path, timeout: float 
         return {"wall_s": wall, "launcher_rss_bytes": launcher_rss}
     return {"sampled_wall_s": wall, "launcher_rss_bytes": launcher_rss, "helpers_rss_bytes": sum(helper_peaks),
             "agent_rss_bytes": launcher_rss + sum(helper_peaks), "helper_processes": len(helper_peaks)}
+
+
+def _launch_env() -> dict[str, str]:
+    """``bench_env()`` with Python's bytecode cache allowed, as on a user's machine.
+
+    An installed package has its modules compiled (pip compiles them at install, as it did
+    torch's in site-packages); a source checkout gets them at its first run. Some sandboxes set
+    PYTHONDONTWRITEBYTECODE, and then every launch compiled elastiscope's modules anew (about
+    2 MiB of the launcher's peak RSS here) while torchrun's came compiled: the first (warm-up)
+    run now leaves them compiled, for both launchers alike.
+    """
+    env = bench_env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 def _sample_helpers(root: psutil.Process, root_cmdline: list[str], peaks: dict[int, int]) -> None:

@@ -1,216 +1,132 @@
 """Launch overhead: ``elastiscope run`` against ``torchrun`` on a no-op script with 4 workers.
 
-    python bench/launch_overhead.py [--reps 7] [--nproc 4] [--json results.json]
+    python bench/launch_overhead.py [--reps 7] [--nproc 4] [--variants] [--json results.json]
 
-Both launchers run the same no-op script with their defaults (one node: an embedded c10d store),
-alternating which goes first in each repetition, after one discarded warm-up each. Measured
-from the outside, the same way for both:
+The same measurement as the "Launch overhead" section of ``bench/run_all.py`` (both call
+``common.launch_noop``), on its own. Both launchers run with ``--standalone`` (one node on an
+embedded c10d store at a free port: torchrun's own default for one node is a static store on
+port 29500, which collides on a shared machine), alternating which goes first in each
+repetition, after one discarded warm-up each. Measured from the outside, the same way for both:
 
-* wall time: process start to exit;
-* peak tree RSS: the largest sum of resident memory over the launcher and all its descendants,
-  sampled with psutil every few milliseconds (children forked but not yet exec'd are skipped:
-  their pages are the launcher's);
-* launcher peak RSS: ``ru_maxrss`` from ``wait4`` (the largest single process of the tree,
-  which is the launcher itself: it imports torch, the no-op workers do not).
+* wall time: exec to exit, from runs that nothing samples;
+* launcher peak RSS: its ``ru_maxrss`` from ``wait4``;
+* helper processes' peak RSS (our spawner, standby interpreters; torchrun has none), from
+  separate runs that sample them every 10 ms once they have exec'd;
+* agent-side peak RSS: launcher plus helpers. Workers are not counted.
 
 ``elastiscope run`` keeps its endpoint on (port 0) and writes its event log, as for a user; the
 one default changed is ``--metrics-linger 0`` (the end-of-job grace for a last scrape, 5 s by
 default, which would otherwise be measured as launch overhead). ``--variants`` adds runs with
 the endpoint off, to show what it costs.
 
-Goal: elastiscope wall <= 1.0x and peak tree RSS <= 1.1x torchrun's (medians).
+Goal: elastiscope wall <= 1.0x and agent-side peak RSS <= 1.1x torchrun's (medians).
+Exit status 1 if any run failed (failed runs are retried once and left out of the figures).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-REPO = Path(__file__).resolve().parents[1]
+import common  # noqa: E402
+
+MIB = 2**20
+ENDPOINT_OFF = f"{common.OURS} (endpoint off)"
+GOAL_WALL, GOAL_RSS = 1.0, 1.1
 
 
-def launchers(workdir: Path, nproc: int, variants: bool) -> dict[str, list[str]]:
-    common = ["--nproc-per-node", str(nproc)]
-    ours = [sys.executable, "-m", "agent", "run", *common, "--metrics-linger", "0",
-            "--event-log", str(workdir / "runs")]
-    out = {
-        "torchrun": [sys.executable, "-m", "torch.distributed.run", *common],
-        "elastiscope": ours,
-    }
+def measure(reps: int, nproc: int, variants: bool, progress=None) -> dict:
+    """Alternating runs of each launcher: {"launchers": {name: summaries}, "failures": ...}."""
+    launchers = {common.OURS: (common.OURS, ()), common.THEIRS: (common.THEIRS, ())}
     if variants:
-        out["elastiscope (endpoint off)"] = [*ours, "--metrics-port", "off"]
-    return out
+        launchers[ENDPOINT_OFF] = (common.OURS, ("--metrics-port", "off"))
+    with tempfile.TemporaryDirectory(prefix="launch_overhead_") as tmp:
+        workdir = Path(tmp)
 
+        def run(name: str, interval: float | None) -> dict:
+            launcher, extra = launchers[name]
+            return common.launch_noop(launcher, "c10d", nproc, workdir, interval=interval, extra_flags=extra)
 
-class TreeSampler:
-    """Peak of the summed RSS of a process and its descendants, sampled on a thread.
-
-    A child that still has its parent's command line has been forked but has not exec'd yet:
-    its resident pages are its parent's (vfork shares them outright), and counting them again
-    would add a phantom copy of the launcher, more often for a launcher that forks workers
-    from its own big process (torchrun) than for one that forks them from a small helper.
-    Such children are left out of the sum.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.005) -> None:
-        self.peak = 0
-        self._pid = pid
-        self._interval = interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _sample(root: psutil.Process) -> int:
-        cmdlines: dict[int, list[str]] = {}
-        total = 0
-        for p in [root, *root.children(recursive=True)]:
+        for name in launchers:  # warm-up: page cache, .pyc files
             try:
-                with p.oneshot():
-                    cmdline = cmdlines[p.pid] = p.cmdline()
-                    parent_cmdline = cmdlines.get(p.ppid())
-                    if parent_cmdline is not None and cmdline == parent_cmdline:
-                        continue  # forked, not yet exec'd
-                    total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
+                run(name, None)
+            except common.RunFailed as e:
+                if progress:
+                    progress(f"warm-up {name}: FAILED: {e}")
 
-    def _run(self) -> None:
-        try:
-            root = psutil.Process(self._pid)
-        except psutil.Error:
-            return
-        while not self._done.is_set():
-            try:
-                self.peak = max(self.peak, self._sample(root))
-            except psutil.Error:
-                break
-            self._done.wait(self._interval)
+        def one(rep: int, name: str) -> dict:
+            return {**run(name, 0.01), **run(name, None)}
 
-    def stop(self) -> int:
-        self._done.set()
-        self._thread.join(5)
-        return self.peak
+        rows, failures = common.ab_runs(reps, one, progress, label="launch", names=list(launchers))
+    return {"reps": reps, "nproc": nproc, "rdzv": "c10d", "failures": failures,
+            "launchers": {name: common.summaries(r) for name, r in rows.items()}}
 
 
-class RunFailed(Exception):
-    pass
+def _cell(summary: dict | None, scale: float, digits: int) -> str:
+    if not summary:
+        return "-"
+    return (f"{summary['median'] * scale:.{digits}f} "
+            f"({summary['min'] * scale:.{digits}f}-{summary['max'] * scale:.{digits}f})")
 
 
-def run_once(argv: list[str], script: Path, cwd: Path, env: dict[str, str],
-             timeout: float) -> dict[str, float]:
-    started = time.perf_counter()
-    proc = subprocess.Popen([*argv, str(script)], cwd=cwd, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sampler = TreeSampler(proc.pid)
-    # A launcher that hangs is killed (with its whole session) and reported, not waited for.
-    watchdog = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
-    watchdog.start()
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        watchdog.cancel()
-    wall = time.perf_counter() - started
-    tree_peak = sampler.stop()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        what = "hung and was killed" if wall >= timeout else f"exited {proc.returncode}"
-        raise RunFailed(f"{' '.join(argv[2:4])} {what} after {wall:.1f}s")
-    return {"wall_s": wall, "tree_rss_mib": tree_peak / 2**20, "launcher_rss_mib": usage.ru_maxrss / 1024}
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def report(result: dict) -> list[str]:
+    launchers = result["launchers"]
+    lines = [f"no-op script, {result['nproc']} workers, {result['reps']} alternating reps, "
+             f"medians (min-max), load average {common.load_average()}:",
+             f"{'launcher':28s} {'wall s':>18s} {'launcher MiB':>18s} {'helpers MiB':>16s} {'agent side MiB':>18s}"]
+    for name, row in launchers.items():
+        lines.append(f"{name:28s} {_cell(row.get('wall_s'), 1, 2):>18s} "
+                     f"{_cell(row.get('launcher_rss_bytes'), 1 / MIB, 1):>18s} "
+                     f"{_cell(row.get('helpers_rss_bytes'), 1 / MIB, 1):>16s} "
+                     f"{_cell(row.get('agent_rss_bytes'), 1 / MIB, 1):>18s}")
+    lines.append("")
+    base = launchers[common.THEIRS]
+    for name, row in launchers.items():
+        if name == common.THEIRS:
+            continue
+        ratios = {key: common.ratio(row.get(key), base.get(key))
+                  for key in ("wall_s", "launcher_rss_bytes", "agent_rss_bytes")}
+        row["ratio_to_torchrun"] = ratios
+        met = (ratios["wall_s"] is not None and ratios["wall_s"] <= GOAL_WALL
+               and ratios["agent_rss_bytes"] is not None and ratios["agent_rss_bytes"] <= GOAL_RSS)
+        lines.append(f"{name}: wall {ratios['wall_s']:.2f}x, agent-side peak RSS {ratios['agent_rss_bytes']:.2f}x "
+                     f"(launcher alone {ratios['launcher_rss_bytes']:.2f}x) torchrun -> "
+                     f"{'meets' if met else 'misses'} the goal (wall <= {GOAL_WALL}x, RSS <= {GOAL_RSS}x)")
+    for name, failed in result["failures"].items():
+        for failure in failed:
+            lines.append(f"run failed (excluded): {name}: {failure}")
+    return lines
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = common.OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--nproc", type=int, default=4)
     p.add_argument("--variants", action="store_true", help="also measure with the endpoint off")
     p.add_argument("--json", metavar="PATH", help="write raw samples and summaries here")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds before a run is killed")
     args = p.parse_args(argv)
+    if args.reps < 1 or args.nproc < 1:
+        p.error("--reps and --nproc must be at least 1")
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    for key in list(env):  # the caller's launcher settings must not leak into either side
-        if key.startswith(("PET_", "ELASTISCOPE_", "TORCHELASTIC_")):
-            del env[key]
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="launch-overhead-") as tmp:
-        workdir = Path(tmp)
-        script = workdir / "noop.py"
-        script.write_text("pass\n")
-        commands = launchers(workdir, args.nproc, args.variants)
-        names = list(commands)
-        failures: list[str] = []
-
-        def measure(name: str) -> dict[str, float] | None:
-            try:
-                return run_once(commands[name], script, workdir, env, args.timeout)
-            except RunFailed as e:
-                failures.append(f"{name}: {e}")
-                print(f"FAILED {name}: {e}", file=sys.stderr)
-                return None
-
-        for name in names:  # warm-up: page cache, .pyc files
-            measure(name)
-        samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-        for rep in range(args.reps):
-            order = names if rep % 2 == 0 else list(reversed(names))
-            for name in order:
-                sample = measure(name)
-                if sample is None:
-                    continue
-                samples[name].append(sample)
-                print(f"rep {rep} {name:28s} " + "  ".join(
-                    f"{k}={v:.3f}" for k, v in sample.items()), file=sys.stderr)
-
-    result = {"nproc": args.nproc, "reps": args.reps, "cpus": os.cpu_count(),
-              "load_average_end": os.getloadavg(), "failures": failures, "launchers": {}}
-    for name in names:
-        result["launchers"][name] = {
-            metric: summary([s[metric] for s in samples[name]])
-            for metric in ("wall_s", "tree_rss_mib", "launcher_rss_mib")
-        } | {"samples": samples[name]}
-
-    base = result["launchers"]["torchrun"]
-    print(f"\nno-op script, {args.nproc} workers, {args.reps} alternating reps, medians (min-max):")
-    print(f"{'launcher':28s} {'wall s':>18s} {'tree RSS MiB':>20s} {'launcher RSS MiB':>20s}")
-    for name in names:
-        row = result["launchers"][name]
-        cells = []
-        for metric in ("wall_s", "tree_rss_mib", "launcher_rss_mib"):
-            s = row[metric]
-            cells.append(f"{s['median']:7.2f} ({s['min']:.2f}-{s['max']:.2f})")
-        print(f"{name:28s} {cells[0]:>18s} {cells[1]:>20s} {cells[2]:>20s}")
-    print()
-    for name in names[1:]:
-        row = result["launchers"][name]
-        ratios = {m: row[m]["median"] / base[m]["median"] for m in ("wall_s", "tree_rss_mib", "launcher_rss_mib")}
-        result["launchers"][name]["ratio_to_torchrun"] = ratios
-        verdict = "meets" if ratios["wall_s"] <= 1.0 and ratios["tree_rss_mib"] <= 1.1 else "misses"
-        print(f"{name}: wall {ratios['wall_s']:.2f}x, tree RSS {ratios['tree_rss_mib']:.2f}x, "
-              f"launcher RSS {ratios['launcher_rss_mib']:.2f}x torchrun -> {verdict} the goal "
-              "(wall <= 1.0x, RSS <= 1.1x)")
-    for failure in failures:
-        print(f"run failed (excluded): {failure}")
+    try:
+        result = measure(args.reps, args.nproc, args.variants, progress=say)
+    except common.RunFailed as e:
+        say(f"launch_overhead: {e}")
+        return 1
+    print("\n".join(report(result)))
     if args.json:
+        result["machine"] = common.machine_info()
+        result["load_average_end"] = common.load_average()
         Path(args.json).write_text(json.dumps(result, indent=2))
-    return 1 if failures else 0
+    return 1 if any(result["failures"].values()) else 0
 
 
 if __name__ == "__main__":
