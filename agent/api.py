@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from telemetry import tracing
 from telemetry.events import Event, EventSource, emit, record
-from telemetry.records import put_metric as _publish_metric
+from telemetry.pipeline import get_pipeline as _get_pipeline
+from telemetry.records import MetricPoint as _MetricPoint
 from telemetry.torch_bridge import deliver_to_torch_handler
 
 if TYPE_CHECKING:
@@ -67,8 +68,12 @@ def __getattr__(name: str) -> Any:
 
 def put_metric(metric_name: str, metric_value: Any, metric_group: str = "torchelastic") -> None:
     """torch's ``put_metric`` as the agent uses it: into Elastiscope's pipeline, and on to any
-    handler configured on torch's metric stream (where torch's agent would have sent it)."""
-    _publish_metric(metric_name, metric_value, metric_group)
+    handler configured on torch's metric stream (where torch's agent would have sent it).
+
+    The run loop calls this twice per monitor pass (as torch's does), so it goes straight to
+    the pipeline instead of through ``telemetry.records.put_metric``'s per-call import.
+    """
+    _get_pipeline().publish(_MetricPoint(time.time(), metric_group, metric_name, metric_value))
     deliver_to_torch_handler(metric_name, metric_value, metric_group)
 
 
@@ -872,14 +877,22 @@ class SimpleElasticAgent(ElasticAgent):
 
 
 def _barrier_between_agents(
-    store, world_size: int, key_prefix: str, barrier_timeout: float, poll_interval: float = 0.05
+    store, world_size: int, key_prefix: str, barrier_timeout: float, poll_interval: float = 0.05,
+    departure_timeout: float = 5.0,
 ) -> None:
     """torch's agent barrier (``store_util.barrier``: same keys, so mixed agents still meet),
-    waiting in Python instead of in ``store.wait``.
+    waiting in Python instead of in ``store.wait``, then waiting for every agent to leave it.
 
     ``store.wait`` blocks in C++, where Python runs no signal handler: a SIGTERM sent to an
     agent in the exit barrier took effect only when the barrier ended, up to
     ``exit_barrier_timeout`` (300 s) later. Between short polls the handler runs at once.
+
+    Polling has a window torch's push-notified wait barely has: the last agent to arrive can
+    see the barrier done and exit before the others' next poll; if it hosts the store, their
+    poll then fails and so does their barrier. So, once through, each agent counts itself out
+    and waits (briefly, ``departure_timeout`` at most) until all have: the store's host stays
+    until every agent has seen the barrier complete. Anything going wrong after the barrier
+    completed is not the barrier's failure and is ignored.
     """
     last_member_key = f"{key_prefix}/last_member"
     if store.add(f"{key_prefix}/num_members", 1) == world_size:
@@ -889,6 +902,16 @@ def _barrier_between_agents(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"exit barrier: not every agent arrived within {barrier_timeout}s")
         time.sleep(poll_interval)
+    all_left_key = f"{key_prefix}/all_departed"
+    try:
+        if store.add(f"{key_prefix}/num_departed", 1) >= world_size:
+            store.set(all_left_key, "<val_ignored>")
+            return
+        leave_by = time.monotonic() + departure_timeout
+        while not store.check([all_left_key]) and time.monotonic() < leave_by:
+            time.sleep(min(poll_interval, 0.01))
+    except Exception:
+        logger.debug("exit barrier: could not wait for the other agents to leave", exc_info=True)
 
 
 def _emit_state_change(group: WorkerGroup, old: WorkerState, new: WorkerState) -> None:
