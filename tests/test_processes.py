@@ -117,6 +117,29 @@ def test_a_program_gets_only_the_standard_streams_and_default_signal_disposition
     assert int(lines[lines.index("SigIgn:") + 1], 16) == 0
 
 
+def test_each_standby_holds_only_its_own_job_pipe_and_all_leave_when_dismissed(spawner, tmp_path):
+    # A standby holding another's job pipe would keep that one from ever seeing EOF: it
+    # would neither get a job nor leave when dismissed.
+    from agent.processes import StandbyPool
+
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    pool = StandbyPool(spawner)
+    pool.fill(python_invocation(PY, ("-u", str(script))), 3)
+    pids = list(pool._pids)
+    assert len(pids) == 3
+    born = create_times(pids)
+    try:
+        for pid in pids:
+            job_fd = int(open(f"/proc/{pid}/cmdline").read().split("\0")[4])
+            # Until it waits on its pipe, the interpreter's start-up opens files of its own.
+            wait_until(lambda: sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2, job_fd], 10)
+        pool.dismiss()
+        wait_until(lambda: not any(process_alive(p, born[p]) for p in pids), 20)
+    finally:
+        kill_quietly(pids)
+
+
 def test_a_request_larger_than_a_pipe_buffer_arrives_whole(spawner, tmp_path):
     # A pipe holds 64 KiB: the spawner has to read this request in parts.
     big = {f"BIG{i}": "x" * 60_000 for i in range(5)}
