@@ -200,7 +200,16 @@ def goals(results: dict) -> list[dict]:
         value = r and r.get("restart_ratio")
         note = ""
         if value is not None and value > GOAL_RESTART_RATIO:
+            ours = _get(r, "launchers", OURS) or {}
+            ours_ms = _get(ours, "restart_latency_s", "median")
+            rdzv_ms = _get(ours, "restart_rendezvous_s", "median")
+            goal_ms = _get(r, "launchers", THEIRS, "restart_latency_s", "median")
             note = "see the restart section"
+            if ours_ms and goal_ms:
+                note = (f"ours took {ours_ms * 1000:.0f} ms where the goal is "
+                        f"{GOAL_RESTART_RATIO * goal_ms * 1000:.0f} ms"
+                        + (f"; its rendezvous alone {rdzv_ms * 1000:.0f} ms" if rdzv_ms else "")
+                        + "; see the restart section")
         rows.append({"goal": f"restart latency, {label}", "target": f"≤ {GOAL_RESTART_RATIO}× torchrun",
                      "ours": _med(_get(r, "launchers", OURS, "restart_latency_s"), 1000, "ms"),
                      "theirs": _med(_get(r, "launchers", THEIRS, "restart_latency_s"), 1000, "ms"),
