@@ -845,6 +845,7 @@ class SimpleElasticAgent(ElasticAgent):
         self._emit(
             "elastiscope.agent.run_start",
             entry_point=entrypoint,
+            program=_program_name(spec.entrypoint, spec.args),
             local_world_size=spec.local_world_size,
             max_restarts=spec.max_restarts,
             monitor_interval=spec.monitor_interval,
@@ -874,6 +875,35 @@ class SimpleElasticAgent(ElasticAgent):
             nodes_waiting=nodes_waiting,
             failed_ranks=json.dumps(failed_ranks),
         )
+
+
+# Interpreter options that take a value as the next argument (python --help).
+_PYTHON_OPTIONS_WITH_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
+
+
+def _program_name(entrypoint: Any, args: tuple) -> str | None:
+    """What the workers run, for a person reading a timeline: a Python worker's script (or
+    ``-m module``), another program's name, a callable's qualified name. Never the arguments,
+    which can hold anything."""
+    try:
+        if not isinstance(entrypoint, str):
+            return getattr(entrypoint, "__qualname__", None) or getattr(entrypoint, "__name__", None)
+        name = os.path.basename(entrypoint)
+        if not name.startswith("python"):
+            return name
+        rest = [str(a) for a in args]
+        while rest:
+            arg = rest.pop(0)
+            if arg in ("-m", "-c") or (arg[:2] in ("-m", "-c") and len(arg) > 2):
+                module = arg[2:] or (rest[0] if rest else "")
+                return f"-m {module}" if arg.startswith("-m") else "-c"
+            if arg in _PYTHON_OPTIONS_WITH_VALUE:
+                rest = rest[1:]
+            elif arg == "-" or not arg.startswith("-"):
+                return arg
+        return name
+    except Exception:
+        return None
 
 
 def _barrier_between_agents(

@@ -259,7 +259,7 @@ def summarise(events: Iterable[LogEvent]) -> RunSummary:
 
         if e.name == RUN_START:
             run.started = e.timestamp
-            run.entry_point = md.get("entry_point")
+            run.entry_point = md.get("program") or md.get("entry_point")
             run.max_restarts = md.get("max_restarts")
         elif e.name == ENDPOINT_STARTED:
             run.endpoint_url = md.get("url")
@@ -382,7 +382,8 @@ def _timeline_lines(run: RunSummary, show_all: bool) -> list[tuple[int, str]]:
         md = e.metadata
         text = None
         if e.name == RUN_START:
-            text = (f"run started: {md.get('entry_point')}, {md.get('local_world_size')} worker(s) "
+            program = md.get("program") or md.get("entry_point")
+            text = (f"run started: {program}, {md.get('local_world_size')} worker(s) "
                     f"on this node, max {md.get('max_restarts')} restart(s)")
         elif e.name == ENDPOINT_STARTED:
             text = f"endpoint at {md.get('url')}"

@@ -204,6 +204,7 @@ def test_crash_once_restarts_once_and_events_explain_it(launch, tmp_path):
     assert "FAILED rank 1 (local 1), exit code 1: RuntimeError: injected crash on rank 1 at step 25" \
         in text.stdout, text.stdout
     assert "restarts: 1 (failure: 1)" in text.stdout
+    assert f"run started: {EXAMPLE}, 2 worker(s)" in text.stdout, text.stdout
     (only_run,) = json.loads(summary.stdout)["runs"]
     assert only_run["outcome"] == "SUCCEEDED"
     assert only_run["restart_count"] == 1 and only_run["attempt_count"] == 2
