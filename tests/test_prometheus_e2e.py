@@ -108,13 +108,19 @@ def stack(tmp_path_factory) -> Stack:
 
 @pytest.fixture(scope="module")
 def crash_once(stack, tmp_path_factory) -> Run:
-    """Two workers, rank 1 raises once at step 5; the agent restarts the group and it finishes."""
+    """Two workers, rank 1 raises once at step 5; the agent restarts the group and it finishes.
+
+    Steps take 0.4 s, so the crash comes 2 s into training, as in a real job that fails after it
+    started: Prometheus (1 s interval) has scraped the run's zero-valued series by then. A
+    failure before a run's first scrape is invisible to increase() and rate(), by design of
+    counters; docs/reference.md says so."""
     workdir = tmp_path_factory.mktemp("crash-once")
     run = run_elastiscope(
         [
             "--standalone", "--nproc-per-node", "2", "--max-restarts", "2",
             "--metrics-port", str(stack.metrics_port), "--metrics-linger", str(LINGER_SECONDS),
-            str(TRAIN_DDP), "--steps", "20", "--log-every", "10", "--samples", "512",
+            str(TRAIN_DDP), "--steps", "12", "--log-every", "4", "--samples", "512",
+            "--step-delay", "0.4",
             "--checkpoint-dir", str(workdir / "checkpoints"), "--checkpoint-every", "2",
             "--crash-once-rank", "1", "--crash-at-step", "5",
         ],
