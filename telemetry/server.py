@@ -64,9 +64,8 @@ MetricsRenderer = Callable[["str | None"], "tuple[bytes, str]"]
 # torch's WorkerState values, in its declaration order.
 WORKER_STATES = ("UNKNOWN", "INIT", "HEALTHY", "UNHEALTHY", "STOPPED", "SUCCEEDED", "FAILED")
 
-# Server-sent events: how often an idle stream looks for new events, and how often it sends a
-# comment line so proxies and load balancers keep the connection open.
-STREAM_POLL_SECONDS = 0.2
+# Server-sent events: an idle stream sends a comment line this often, so proxies and load
+# balancers keep the connection open. New events wake the stream at once (no polling).
 STREAM_HEARTBEAT_SECONDS = 15.0
 MAX_EVENTS_PER_PAGE = 10_000
 
@@ -279,7 +278,6 @@ def create_app(
     token: str | None = None,
     metrics: MetricsRenderer | None = None,
     on_metrics_scrape: Callable[[], None] | None = None,
-    stream_poll_seconds: float = STREAM_POLL_SECONDS,
     stream_heartbeat_seconds: float = STREAM_HEARTBEAT_SECONDS,
 ):
     """Build the FastAPI app. ``token`` turns on bearer authentication for all but the probes."""
@@ -460,20 +458,38 @@ def create_app(
 
         async def frames():
             last = since
-            idle_since = time.monotonic()
-            while True:
-                found, head = query(last, name, state, source, rank, None)
-                last = max(last, head)
-                for seq, event in found:
-                    data = json.dumps(_event_record(seq, event), separators=(",", ":"))
-                    yield f"id: {seq}\nevent: {event.name}\ndata: {data}\n\n"
-                now = time.monotonic()
-                if found:
-                    idle_since = now
-                elif now - idle_since >= stream_heartbeat_seconds:
-                    idle_since = now
+            if events is None:  # nothing will ever arrive: only keep the connection open
+                while True:
+                    await asyncio.sleep(stream_heartbeat_seconds)
                     yield ": keep-alive\n\n"
-                await asyncio.sleep(stream_poll_seconds)
+            loop = asyncio.get_running_loop()
+            arrived = asyncio.Event()
+
+            def on_event() -> None:
+                # Runs on the producer's thread. One wake-up per batch: while a wake-up is
+                # pending, the events after it are read by the same pass.
+                if not arrived.is_set():
+                    try:
+                        loop.call_soon_threadsafe(arrived.set)
+                    except RuntimeError:  # the loop closed under a late event
+                        pass
+
+            events.add_listener(on_event)
+            try:
+                while True:
+                    # Cleared before reading: an event published after the read sets it again.
+                    arrived.clear()
+                    found, head = query(last, name, state, source, rank, None)
+                    last = max(last, head)
+                    for seq, event in found:
+                        data = json.dumps(_event_record(seq, event), separators=(",", ":"))
+                        yield f"id: {seq}\nevent: {event.name}\ndata: {data}\n\n"
+                    try:
+                        await asyncio.wait_for(arrived.wait(), stream_heartbeat_seconds)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"
+            finally:
+                events.remove_listener(on_event)
 
         return StreamingResponse(
             frames(),
@@ -485,6 +501,98 @@ def create_app(
 
 
 # ---- serving ---------------------------------------------------------------------------------
+
+
+class _DateHeader:
+    """ASGI middleware adding the HTTP ``Date`` header to every response.
+
+    uvicorn keeps its Date header current by waking its event loop ten times a second; an
+    agent's endpoint is scraped every few seconds at most, so the date is formatted when a
+    response starts instead (at most once per second of wall time), and an idle endpoint's
+    thread sleeps until a client comes.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._second = -1
+        self._value = b""
+
+    def _now(self) -> bytes:
+        from email.utils import formatdate
+
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._value = formatdate(now, usegmt=True).encode()
+            self._second = second
+        return self._value
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_date(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(b"date", self._now()), *message.get("headers", ())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_date)
+
+
+_idle_server: Any = None
+
+
+def _idle_server_class() -> Any:
+    """A ``uvicorn.Server`` whose main loop sleeps until it is told to exit.
+
+    uvicorn's ``main_loop`` wakes every 0.1 s to look at ``should_exit`` (and to refresh the
+    Date header, see :class:`_DateHeader`): on an idle agent that was a third of its CPU. Here
+    setting ``should_exit`` (from any thread) wakes the loop through the event loop's own
+    thread-safe call, so stopping stays immediate and nothing polls meanwhile.
+    """
+    global _idle_server
+    if _idle_server is not None:
+        return _idle_server
+    import asyncio
+
+    import uvicorn
+
+    class IdleServer(uvicorn.Server):
+        _loop: Any = None
+        _exit_requested: Any = None
+        _should_exit = False
+
+        @property  # type: ignore[override]
+        def should_exit(self) -> bool:
+            return self._should_exit
+
+        @should_exit.setter
+        def should_exit(self, value: bool) -> None:
+            self._should_exit = value
+            # Read after the write: either main_loop sees the flag when it starts waiting, or
+            # we see its loop and event here and wake it.
+            loop, requested = self._loop, self._exit_requested
+            if value and loop is not None and requested is not None:
+                try:
+                    loop.call_soon_threadsafe(requested.set)
+                except RuntimeError:  # the loop is already closed: nothing left to wake
+                    pass
+
+        async def main_loop(self) -> None:
+            # One tick sets uvicorn's default headers (and honours anything else on_tick does
+            # at start); after that only an exit request wakes this coroutine.
+            if await self.on_tick(0):
+                return
+            self._exit_requested = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+            if self._should_exit:
+                return
+            await self._exit_requested.wait()
+
+    _idle_server = IdleServer
+    return IdleServer
 
 
 class EndpointServer:
@@ -584,15 +692,17 @@ class EndpointServer:
 
             app = self._app_factory()
             config = uvicorn.Config(
-                app,
+                _DateHeader(app),
                 log_config=None,
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
                 timeout_graceful_shutdown=1,
                 server_header=False,
+                # uvicorn refreshes its Date header from a tick; ours is stamped per response.
+                date_header=False,
             )
-            server = uvicorn.Server(config)
+            server = _idle_server_class()(config)
             with self._lock:
                 if self._stopping:
                     return

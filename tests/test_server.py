@@ -15,6 +15,7 @@ import httpx
 import jsonschema
 import pytest
 
+from helpers.polling import wait_until
 from telemetry.events import Event, EventSource
 from telemetry.server import (
     EndpointError,
@@ -230,6 +231,47 @@ def test_event_stream_resumes_from_last_event_id(serve, sink):
     assert ids == [2, 3]
 
 
+def test_event_stream_listens_for_new_events_only_while_a_client_is_connected(serve, sink):
+    server = serve()
+    assert sink._listeners == ()
+    received = []
+
+    def read():
+        with httpx.stream("GET", server.url + "/events/stream", timeout=10) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    received.append(json.loads(line[6:]))
+                    return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    # The stream waits on the sink (no polling): it is woken by the event itself.
+    wait_until(lambda: len(sink._listeners) == 1, 10, "the stream to listen on the sink")
+    sink.emit(failed_event(3))
+    reader.join(10)
+    assert [e["metadata"]["global_rank"] for e in received] == [3]
+    wait_until(lambda: sink._listeners == (), 10, "the closed stream to stop listening")
+
+
+def test_memory_sink_calls_its_listeners_after_each_event_until_removed():
+    sink = MemorySink()
+    seen = []
+
+    def listener():
+        seen.append(sink.last_seq())  # the event is already in the ring
+
+    def broken():
+        raise RuntimeError("listener bug")
+
+    sink.add_listener(broken)
+    sink.add_listener(listener)
+    sink.emit(failed_event(0))  # a raising listener neither stops the others nor the producer
+    sink.remove_listener(listener)
+    sink.emit(failed_event(1))
+    assert seen == [1] and sink.last_seq() == 2
+
+
+# ---- authentication ---------------------------------------------------------------------------
 # ---- authentication ---------------------------------------------------------------------------
 
 
@@ -296,6 +338,36 @@ def test_stop_ends_the_server_thread_even_with_an_open_event_stream(serve):
 
     threading.Thread(target=hold_stream, daemon=True).start()
     assert opened.wait(10)
+    started = time.monotonic()
+    server.stop(timeout=10)
+    assert not server._thread.is_alive()
+    assert time.monotonic() - started < 5
+
+
+def test_idle_endpoint_keeps_no_timer_in_its_event_loop(serve):
+    """Nothing wakes an idle endpoint's thread (uvicorn's own main loop ticks ten times a
+    second): once the last connection is gone, its event loop has no live timer."""
+    server = serve()
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    loop = server._server.servers[0].get_loop()
+
+    def live_timers():
+        return [h for h in list(loop._scheduled) if not h.cancelled()]
+
+    wait_until(lambda: not live_timers(), 10, lambda: f"no live timers, not {live_timers()}")
+
+
+def test_responses_carry_the_current_date(serve):
+    from email.utils import parsedate_to_datetime
+
+    response = httpx.get(serve().url + "/healthz")
+    date = parsedate_to_datetime(response.headers["date"]).timestamp()
+    assert abs(date - time.time()) < 60
+    assert response.headers.get_list("date") == [response.headers["date"]]
+
+
+def test_stop_ends_an_idle_server_thread_promptly(serve):
+    server = serve()
     started = time.monotonic()
     server.stop(timeout=10)
     assert not server._thread.is_alive()

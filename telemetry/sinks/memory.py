@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from telemetry.events import Event
 from telemetry.pipeline import Sink
@@ -29,12 +29,32 @@ class MemorySink(Sink):
         self._ring: collections.deque[tuple[int, Event]] = collections.deque(maxlen=capacity)
         self._seq = itertools.count(1)
         self._cond = threading.Condition()
+        self._listeners: tuple[Callable[[], None], ...] = ()
+        self._listeners_lock = threading.Lock()
 
     def emit(self, record: Event) -> None:
         self._ring.append((next(self._seq), record))
         if self._cond._waiters:  # type: ignore[attr-defined]  # skip the lock when nobody waits
             with self._cond:
                 self._cond.notify_all()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener's failure must not reach the producer
+                pass
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each new event is in the ring, on the producer's thread.
+
+        For readers that cannot block on ``wait_for`` (the event loop of ``/events/stream``):
+        the listener must be quick and must not raise; it typically schedules a wake-up.
+        """
+        with self._listeners_lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        with self._listeners_lock:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
 
     def __len__(self) -> int:
         return len(self._ring)
