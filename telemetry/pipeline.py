@@ -33,6 +33,7 @@ __all__ = [
     "register_destination",
     "get_pipeline",
     "set_pipeline",
+    "publish_metric",
     "install_exit_handlers",
     "DEFAULT_QUEUE_SIZE",
 ]
@@ -60,6 +61,14 @@ class Sink:
     events: bool = True
     metrics: bool = True
     queue_size: int | None = None
+    # Synchronous sinks only. ``repeat_key(point)`` names the piece of the sink's state a metric
+    # point sets (None: the point must always be delivered); it may depend only on the point's
+    # group and name (the pipeline remembers it per name). A point identical (group, name,
+    # value) to the last one delivered under its key is then skipped, as long as nothing else
+    # reached the sink in between: an event, a point without a key, or a failed emit forgets
+    # every key. It must give one key to any two points that can change the same state. The
+    # agent's run loop repeats the same few points ten times a second; this makes them cheap.
+    repeat_key: Callable[[MetricPoint], Any] | None = None
 
     def emit(self, record: Event | MetricPoint) -> None:
         raise NotImplementedError
@@ -168,6 +177,93 @@ class _Delivery:
         ok = self.flush(timeout)
         _safe_close(self.sink, self._errors)
         return ok
+
+
+def _same(remembered: tuple | None, ident: tuple) -> bool:
+    """The point ``ident`` is the one remembered; False if its value cannot say (an array)."""
+    try:
+        return bool(remembered == ident)
+    except Exception:
+        return False
+
+
+class _RepeatSkippingDelivery(_Delivery):
+    """A synchronous sink with a ``repeat_key``: points that would set what is already set are
+    not handed to it again (they count as delivered: the sink's state is as if they had been).
+
+    Every emit to the sink happens under one lock, so "the last point delivered under a key"
+    and the sink's state cannot disagree when several threads publish.
+    """
+
+    # The names a pipeline sees are a small fixed set; this only guards against a caller that
+    # invents a new name per point.
+    MAX_NAMES = 10_000
+
+    def __init__(self, sink: Sink, repeat_key: Callable[[MetricPoint], Any]) -> None:
+        super().__init__(sink)
+        self._repeat_key = repeat_key
+        self._keys: dict[tuple[str, str], Any] = {}
+        self._last: dict[Any, tuple] = {}
+        # Reentrant: a signal handler that publishes may interrupt an emit on this thread.
+        self._emit_lock = threading.RLock()
+
+    def _key_of(self, point: MetricPoint) -> Any:
+        try:
+            key = self._repeat_key(point)
+        except Exception:
+            key = None
+        if len(self._keys) < self.MAX_NAMES:
+            self._keys[(point.group_name, point.name)] = key
+        return key
+
+    def offer(self, record: Any) -> None:
+        key = None
+        if type(record) is MetricPoint:
+            try:
+                key = self._keys[(record.group_name, record.name)]
+            except KeyError:
+                key = self._key_of(record)
+        last, stats = self._last, self.stats
+        # The emit lock also guards the counters here (every offer takes it anyway).
+        with self._emit_lock:
+            if key is None:
+                if last:
+                    last.clear()
+            else:
+                ident = (record.group_name, record.name, record.value)
+                if _same(last.get(key), ident):
+                    stats.offered += 1
+                    stats.delivered += 1
+                    return
+            try:
+                self.sink.emit(record)
+            except Exception as exc:
+                last.clear()  # what the failed emit left behind is unknown
+                stats.offered += 1
+                stats.errors += 1
+                failure = exc
+            else:
+                if key is not None:
+                    last[key] = ident
+                stats.offered += 1
+                stats.delivered += 1
+                failure = None
+        if failure is not None:
+            self._errors.report(failure)
+        elif self._errors._in_burst:
+            self._errors.succeeded()
+
+    def skip_repeat(self, group: str, name: str, value: Any) -> bool:
+        """Count the point as delivered and return True if ``offer`` would skip it as a repeat."""
+        key = self._keys.get((group, name))
+        if key is None:  # a name not seen yet, or one that must always be delivered
+            return False
+        with self._emit_lock:
+            if not _same(self._last.get(key), (group, name, value)):
+                return False
+            self.stats.offered += 1
+            self.stats.delivered += 1
+        return True
 
 
 class _QueuedDelivery(_Delivery):
@@ -341,6 +437,7 @@ class Pipeline:
         # Precomputed per record type so the hot path does no per-sink type checks.
         self._for_events: tuple[_Delivery, ...] = ()
         self._for_metrics: tuple[_Delivery, ...] = ()
+        self._repeat_skipper: _RepeatSkippingDelivery | None = None
         self._destinations: dict[str, _Delivery | None] = {}
         self._unknown_destinations: set[str] = set()
         self.queue_size = queue_size
@@ -367,6 +464,9 @@ class Pipeline:
         self._deliveries = deliveries
         self._for_events = tuple(d for d in deliveries if d.sink.events)
         self._for_metrics = tuple(d for d in deliveries if d.sink.metrics)
+        # publish_metric's shortcut: one metric sink, and it skips repeats.
+        only = self._for_metrics[0] if len(self._for_metrics) == 1 else None
+        self._repeat_skipper = only if isinstance(only, _RepeatSkippingDelivery) else None
 
     def sinks(self) -> list[Sink]:
         return [d.sink for d in self._deliveries]
@@ -387,6 +487,9 @@ class Pipeline:
 
     def _make_delivery(self, sink: Sink, queue_size: int | None) -> _Delivery:
         if sink.synchronous:
+            repeat_key = getattr(sink, "repeat_key", None)
+            if repeat_key is not None and sink.metrics:
+                return _RepeatSkippingDelivery(sink, repeat_key)
             return _Delivery(sink)
         return _QueuedDelivery(sink, queue_size or sink.queue_size or self.queue_size)
 
@@ -410,6 +513,18 @@ class Pipeline:
                 if extra is not None:
                     extra.offer(record)
         except Exception:  # a bug of ours must not reach the training job either
+            log.debug("telemetry publish failed", exc_info=True)
+
+    def publish_metric(self, group: str, name: str, value: Any) -> None:
+        """``publish(MetricPoint(time.time(), group, name, value))``; when the one sink that
+        takes metrics would skip the point as a repeat (see ``Sink.repeat_key``), it is only
+        counted, without building the record. Never raises, never blocks."""
+        try:
+            skipper = self._repeat_skipper
+            if skipper is not None and skipper.skip_repeat(group, name, value):
+                return
+            self.publish(MetricPoint(time.time(), group, name, value))
+        except Exception:
             log.debug("telemetry publish failed", exc_info=True)
 
     def _destination(self, name: str) -> _Delivery | None:
@@ -483,6 +598,31 @@ def get_pipeline() -> Pipeline:
                 atexit.register(_close_at_exit)
             p = _pipeline
     return p
+
+
+def publish_metric(group: str, name: str, value: Any) -> None:
+    """``get_pipeline().publish_metric(group, name, value)``, with the repeat check inline.
+
+    The agent's run loop publishes a handful of points per pass, ten times a second, for the
+    whole job, nearly all repeats; every call level saved here is saved forty times a second.
+    """
+    p = _pipeline
+    if p is None:
+        p = get_pipeline()
+    skipper = p._repeat_skipper
+    if skipper is not None:
+        try:
+            key = skipper._keys.get((group, name))
+            if key is not None:
+                with skipper._emit_lock:
+                    if skipper._last.get(key) == (group, name, value):
+                        stats = skipper.stats
+                        stats.offered += 1
+                        stats.delivered += 1
+                        return
+        except Exception:  # a value that cannot be compared: the full path decides
+            pass
+    p.publish_metric(group, name, value)
 
 
 def set_pipeline(pipeline: Pipeline | None) -> Pipeline | None:

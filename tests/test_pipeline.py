@@ -217,6 +217,181 @@ def test_sinks_only_receive_the_record_types_they_want():
     assert [type(r) for r in sink.got] == [Event]
 
 
+# -- repeated metric points -------------------------------------------------------------
+
+
+class LatestValueSink(Sink):
+    """Keeps the latest value per point name and counts emits: the kind of state a repeat
+    cannot change. Points named ``<family>.<member>`` share the key ``<family>``."""
+
+    name = "latest"
+    synchronous = True
+
+    def __init__(self) -> None:
+        self.state: dict = {}
+        self.emits = 0
+
+    def repeat_key(self, point):
+        return point.name.split(".")[0] if point.name.startswith("fam") else point.name
+
+    def emit(self, record) -> None:
+        self.emits += 1
+        if isinstance(record, MetricPoint):
+            family = self.repeat_key(record)
+            self.state[family] = (record.name, record.value)
+        else:
+            self.state.clear()
+
+
+def point(name: str, value=1) -> MetricPoint:
+    return MetricPoint(0.0, "g", name, value)
+
+
+def test_repeated_points_reach_a_repeat_skipping_sink_once_and_count_as_delivered():
+    sink = LatestValueSink()
+    p = Pipeline([sink])
+    for _ in range(5):
+        p.publish(point("a", 1))
+        p.publish_metric("g", "a", 1)
+    assert sink.emits == 1
+    assert p.stats()["latest"] == {"offered": 10, "delivered": 10, "dropped": 0, "errors": 0}
+
+
+def test_a_changed_value_or_an_event_lets_the_next_point_through():
+    sink = LatestValueSink()
+    p = Pipeline([sink])
+    for value in (1, 2, 2, 1):
+        p.publish_metric("g", "a", value)
+    assert sink.emits == 3
+    p.publish(event())  # the sink forgets its state: the same point must reach it again
+    p.publish_metric("g", "a", 1)
+    assert sink.state == {"a": ("a", 1)}
+
+
+def test_points_sharing_a_key_are_delivered_each_time_they_alternate():
+    sink = LatestValueSink()
+    p = Pipeline([sink])
+    for name in ("fam.healthy", "fam.healthy", "fam.failed", "fam.healthy", "fam.healthy"):
+        p.publish_metric("g", name, 1)
+    assert sink.emits == 3
+    assert sink.state == {"fam": ("fam.healthy", 1)}
+
+
+def test_a_sink_without_repeat_key_receives_every_repeat():
+    class Every(Sink):
+        name, synchronous, events = "every", True, False
+
+        def __init__(self):
+            self.values = []
+
+        def emit(self, record):
+            self.values.append(record.value)
+
+    every, latest = Every(), LatestValueSink()
+    p = Pipeline([every, latest])
+    for _ in range(3):
+        p.publish_metric("g", "a", 7)
+    assert every.values == [7, 7, 7] and latest.emits == 1
+
+
+def test_a_value_that_cannot_be_compared_is_still_delivered():
+    class Array:  # like a numpy array: == answers element-wise, and its truth is an error
+        def __eq__(self, other):
+            raise ValueError("truth value of an array is ambiguous")
+
+    sink = LatestValueSink()
+    p = Pipeline([sink])
+    for _ in range(2):
+        p.publish_metric("g", "a", Array())
+    assert sink.emits == 2 and p.stats()["latest"]["delivered"] == 2
+
+
+def test_a_point_published_during_another_threads_emit_leaves_sink_and_memory_agreeing():
+    """Thread a is inside the sink's emit (its point applied, the pipeline not yet told);
+    thread b publishes another point of the same key. Unguarded, b's point lands first and
+    a's is remembered last, so a later repeat of a's point is skipped on a sink that holds b's."""
+
+    class GatedLatest(LatestValueSink):
+        def __init__(self):
+            super().__init__()
+            self.gate, self.inside, self.asked = threading.Event(), threading.Event(), threading.Event()
+
+        def repeat_key(self, point):
+            if point.name == "fam.b":
+                self.asked.set()
+            return super().repeat_key(point)
+
+        def emit(self, record):
+            super().emit(record)
+            if record.name == "fam.a" and not self.gate.is_set():
+                self.inside.set()
+                self.gate.wait(10)
+
+    sink = GatedLatest()
+    p = Pipeline([sink])
+    a = threading.Thread(target=p.publish_metric, args=("g", "fam.a", 1))
+    a.start()
+    assert sink.inside.wait(10)
+    b = threading.Thread(target=p.publish_metric, args=("g", "fam.b", 1))
+    b.start()
+    assert sink.asked.wait(10)
+    b.join(1.0)  # room for an unguarded b to finish; a guarded b waits for a's emit to end
+    sink.gate.set()
+    a.join(10)
+    b.join(10)
+    p.publish_metric("g", "fam.a", 1)
+    assert sink.state["fam"] == ("fam.a", 1)
+
+
+def test_prometheus_output_is_the_same_with_and_without_skipping_repeats(isolated_telemetry):
+    """The per-pass metrics of the run loop, interleaved with state changes, restarts and run
+    outcomes: the skipping pipeline must leave every series as applying every point would."""
+    import random
+
+    from prometheus_client import generate_latest
+
+    from telemetry import metrics
+    from telemetry.config import _prometheus_repeat_key
+    from telemetry.sinks.prometheus import PrometheusSink
+
+    plain, skipping = PrometheusSink(metrics.AgentMetrics(), "r"), PrometheusSink(metrics.AgentMetrics(), "r")
+    skipping.repeat_key = _prometheus_repeat_key(metrics.classify_metric)
+    pipelines = [Pipeline([plain]), Pipeline([skipping])]
+    assert pipelines[1]._repeat_skipper is not None
+
+    def state_change(state):
+        return Event("elastiscope.agent.state_change", EventSource.AGENT, 1,
+                     {"role": "r", "state": state, "previous_state": "INIT"})
+
+    rng = random.Random(3)
+    records = [Event("elastiscope.agent.run_start", EventSource.AGENT, 1,
+                     {"role": "r", "run_id": "x", "max_restarts": 3, "rdzv_backend": "c10d"})]
+    for _ in range(1000):
+        kind = rng.random()
+        if kind < 0.02:
+            records.append(state_change(rng.choice(["HEALTHY", "FAILED", "UNHEALTHY"])))
+        elif kind < 0.04:
+            records.append(("workers.r.run_success_no_retries", 1))
+        elif kind < 0.06:
+            records.append(("LocalElasticAgent._start_workers.duration.ms", rng.choice([5, 7])))
+        else:
+            records.append(rng.choice([
+                ("workers.r.remaining_restarts", rng.choice([3, 2])),
+                ("workers.r.healthy", 1), ("workers.r.failed", 1), ("workers.r.unhealthy", 0),
+                ("LocalElasticAgent._monitor_workers.success", 1),
+                ("LocalElasticAgent._monitor_workers.duration.ms", rng.choice([0, 0, 1])),
+            ]))
+    for i, record in enumerate(records):
+        for p in pipelines:
+            if isinstance(record, Event):
+                p.publish(record)
+            else:
+                p.publish_metric("torchelastic", *record)
+        assert generate_latest(skipping.metrics.registry) == generate_latest(plain.metrics.registry), i
+    stats = pipelines[1].stats()["prometheus"]
+    assert stats["offered"] == stats["delivered"] == len(records)
+
+
 # -- exit paths ------------------------------------------------------------------------
 
 _SLOW_EXIT_SCRIPT = textwrap.dedent("""
