@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from telemetry import tracing
 from telemetry.events import Event, EventSource, emit, record
-from telemetry.pipeline import get_pipeline as _get_pipeline
-from telemetry.records import MetricPoint as _MetricPoint
+from telemetry.pipeline import publish_metric as _pipeline_publish_metric
 from telemetry.torch_bridge import deliver_to_torch_handler
 
 if TYPE_CHECKING:
@@ -68,37 +67,47 @@ def __getattr__(name: str) -> Any:
 
 def put_metric(metric_name: str, metric_value: Any, metric_group: str = "torchelastic") -> None:
     """torch's ``put_metric`` as the agent uses it: into Elastiscope's pipeline, and on to any
-    handler configured on torch's metric stream (where torch's agent would have sent it).
-
-    The run loop calls this twice per monitor pass (as torch's does), so it goes straight to
-    the pipeline instead of through ``telemetry.records.put_metric``'s per-call import.
-    """
-    _get_pipeline().publish(_MetricPoint(time.time(), metric_group, metric_name, metric_value))
+    handler configured on torch's metric stream (where torch's agent would have sent it)."""
+    # The same two lines as _publish_metric, not a call to it: this runs twice per pass.
+    _pipeline_publish_metric(metric_group, metric_name, metric_value)
     deliver_to_torch_handler(metric_name, metric_value, metric_group)
+
+
+def _publish_metric(name: str, value: Any, group: str = "torchelastic") -> None:
+    # The run loop publishes four points per monitor pass (two put_metric calls and the
+    # @prof pair of _monitor_workers), ten times a second, nearly all repeats: the
+    # pipeline's publish_metric skips a repeat without building a record.
+    _pipeline_publish_metric(group, name, value)
+    deliver_to_torch_handler(name, value, group)
 
 
 def prof(fn: Callable) -> Callable:
     """torch's ``@prof``: ``<Class>.<method>.success`` / ``.failure`` / ``.duration.ms``.
 
-    Published to torch's metric stream (group "torchelastic"), as torch's agent does, so a
-    handler configured with ``torch.distributed.elastic.metrics.configure`` sees the same
-    names. torch's metrics module is looked up on the first call instead of at import.
+    Where torch's decorator publishes to torch's metric stream, this one publishes to the
+    pipeline and hands each point to the handler configured on torch's stream (with
+    ``torch.distributed.elastic.metrics.configure``), so that handler sees torch's names,
+    and Elastiscope's tap on the stream does not relay them a second time. Not through the
+    patchable ``put_metric`` of this module: torch's agent does not count these there either.
     """
     key = fn.__qualname__
+    success, failure, duration = f"{key}.success", f"{key}.failure", f"{key}.duration.ms"
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from torch.distributed.elastic.metrics import put_metric as torch_put_metric
-
         started = time.time()
         try:
             value = fn(*args, **kwargs)
-            torch_put_metric(f"{key}.success", 1, "torchelastic")
+            # _publish_metric's two lines, inline: _monitor_workers runs ten times a second.
+            _pipeline_publish_metric("torchelastic", success, 1)
+            deliver_to_torch_handler(success, 1, "torchelastic")
         except Exception:
-            torch_put_metric(f"{key}.failure", 1, "torchelastic")
+            _publish_metric(failure, 1)
             raise
         finally:
-            torch_put_metric(f"{key}.duration.ms", int((time.time() - started) * 1000), "torchelastic")
+            elapsed_ms = int((time.time() - started) * 1000)
+            _pipeline_publish_metric("torchelastic", duration, elapsed_ms)
+            deliver_to_torch_handler(duration, elapsed_ms, "torchelastic")
         return value
 
     return wrapper
@@ -608,6 +617,9 @@ class SimpleElasticAgent(ElasticAgent):
 
         self._initialize_workers(self._worker_group)
         rdzv_handler = spec.rdzv_handler
+        # The two metric names of every pass, formatted once rather than ten times a second.
+        remaining_restarts_name = f"workers.{role}.remaining_restarts"
+        state_names = {s: f"workers.{role}.{s.name.lower()}" for s in WorkerState}
 
         while True:
             if self._worker_group.state == WorkerState.INIT:
@@ -617,8 +629,8 @@ class SimpleElasticAgent(ElasticAgent):
             state = run_result.state
             self._worker_group.state = state
 
-            put_metric(f"workers.{role}.remaining_restarts", self._remaining_restarts)
-            put_metric(f"workers.{role}.{state.name.lower()}", 1)
+            put_metric(remaining_restarts_name, self._remaining_restarts)
+            put_metric(state_names[state], 1)
 
             if state == WorkerState.SUCCEEDED:
                 logger.info(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import signal
 import threading
@@ -26,11 +27,18 @@ from string import Template
 from typing import Any
 from collections.abc import Iterator
 
-from torch.distributed.elastic.metrics import prof
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, LogsSpecs, SignalException
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from agent.api import DEFAULT_ROLE, RunResult, SimpleElasticAgent, WorkerGroup, WorkerSpec, WorkerState
+from agent.api import (
+    DEFAULT_ROLE,
+    RunResult,
+    SimpleElasticAgent,
+    WorkerGroup,
+    WorkerSpec,
+    WorkerState,
+    prof,
+)
 from agent.processes import (
     LogTee,
     ProgramSpawner,
@@ -55,6 +63,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 # Standbys start this long after an attempt's workers, so as not to slow their own start-up.
 STANDBY_DELAY_S = 0.2
+_worker_id = operator.attrgetter("id")
 
 
 class LocalElasticAgent(SimpleElasticAgent):
@@ -102,6 +111,12 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._log_tee: LogTee | None = None
         self._next_sample = 0.0
         self._reported_failures: set[int] = set()  # pids already published live
+        # The attempt's pids (fixed once started), and whether every worker is still known to
+        # run: while it is, a monitor pass that learns of no exit is HEALTHY without looking
+        # at each worker (it runs ten times a second for the whole job).
+        self._worker_pids: frozenset[int] = frozenset()
+        self._all_running = False
+        self._looked_for_exits = False
         self._status_lock = threading.Lock()
 
     # ---- the run -----------------------------------------------------------------------
@@ -162,6 +177,9 @@ class LocalElasticAgent(SimpleElasticAgent):
         )
         with self._status_lock:
             self._workers = workers
+        self._worker_pids = frozenset(workers.pids().values())
+        self._all_running = True
+        self._looked_for_exits = False
         self._reported_failures = set()
         self._log_tee = self._make_log_tee(worker_group, logs).start()
         self._next_sample = time.monotonic()
@@ -278,37 +296,54 @@ class LocalElasticAgent(SimpleElasticAgent):
         if workers is None:
             time.sleep(interval)
             return
-        deadline = time.monotonic() + interval
+        # Runs ten times a second for the whole job: in the common case one wait, and chores
+        # (standbys, resource samples) only when one is due.
+        now = time.monotonic()
+        deadline = now + interval
         while True:
+            if now >= self._next_sample or (self._standby_due is not None and now >= self._standby_due):
+                self._do_due_chores(workers, now)
+            wake = self._next_sample
+            if self._standby_due is not None and self._standby_due < wake:
+                wake = self._standby_due
+            waited = wake > now
+            if waited and workers.wait(min(wake, deadline) - now):
+                return
             now = time.monotonic()
-            if self._standby_due is not None and now >= self._standby_due:
-                self._fill_standbys()
-            if now >= self._next_sample:
-                self._sample_resources(workers)
-                self._next_sample = now + self._resource_sample_interval
-            wake = min(deadline, self._next_sample, self._standby_due or deadline)
-            timeout = wake - now
-            if timeout <= 0:
+            if now >= deadline:
+                # The wait has just looked for exits and found none, so the monitor pass
+                # that follows need not look again. An exit in between is not delayed: it
+                # makes the next wait return at once.
+                self._looked_for_exits = waited
                 return
-            if workers.wait(timeout) or time.monotonic() >= deadline:
-                return
+
+    def _do_due_chores(self, workers: WorkerSet, now: float) -> None:
+        if self._standby_due is not None and now >= self._standby_due:
+            self._fill_standbys()
+        if now >= self._next_sample:
+            self._sample_resources(workers)
+            self._next_sample = now + self._resource_sample_interval
 
     @prof
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
         workers = self._workers
         if workers is None:
             raise AssertionError
-        role = worker_group.spec.role
-        expected = {w.id for w in worker_group.workers}
-        actual = set(workers.pids().values())
-        if expected != actual:
+        expected = set(map(_worker_id, worker_group.workers))
+        if expected != self._worker_pids:
             logger.error(
                 "[%s] worker pids do not match the running processes. Expected: %s, actual: %s",
-                role, expected, actual,
+                worker_group.spec.role, expected, set(self._worker_pids),
             )
             return RunResult(state=WorkerState.UNKNOWN)
 
-        workers.collect()
+        if self._looked_for_exits:
+            self._looked_for_exits = False
+        elif workers.collect():
+            self._all_running = False
+        if self._all_running:
+            return RunResult(state=WorkerState.HEALTHY)
+        role = worker_group.spec.role
         failed = [w for w in workers.workers if w.failed]
         if failed:
             newly_failed = [w for w in failed if w.pid not in self._reported_failures]
@@ -393,6 +428,7 @@ class LocalElasticAgent(SimpleElasticAgent):
 
     def _stop_processes(self, death_sig: signal.Signals, grace: float) -> None:
         workers = self._workers
+        self._all_running = False
         if workers is not None:
             workers.stop(death_sig, grace)
         self._stop_log_tee()

@@ -151,6 +151,33 @@ def test_failure_is_noticed_without_waiting_out_the_monitor_interval(telemetry, 
     assert result.failures[0].exitcode == 3
 
 
+def test_an_exit_right_after_a_quiet_wait_ends_the_next_wait_at_once(telemetry, logs, tmp_path):
+    """A wait that times out has just looked for exits, so the monitor pass after it skips
+    looking again; an exit in between must then end the next (60 s) wait at once."""
+    killed = []
+
+    class ExitBetweenWaitAndMonitor(LocalElasticAgent):
+        def _wait_for_change(self, interval):
+            if killed:
+                return super()._wait_for_change(interval)
+            wait_until(lambda: read_pids(tmp_path, 2), 20, "the workers to start")
+            super()._wait_for_change(0.05)  # no exit yet: times out
+            pid = read_pids(tmp_path, 2)[0]
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not process_alive(pid), 10, "the killed worker to exit")
+            killed.append(pid)
+
+    spec = script_spec("sleeper.py", tmp_path, nproc=2, monitor_interval=60)
+    started = time.monotonic()
+    try:
+        result = ExitBetweenWaitAndMonitor(spec, logs).run()
+    finally:
+        (tmp_path / "go").touch()
+    assert result.state == WorkerState.FAILED
+    assert result.failures[0].exitcode == -signal.SIGKILL
+    assert time.monotonic() - started < 20
+
+
 def test_worker_killed_by_a_signal_is_reported_with_the_signal_name(telemetry, logs):
     memory, _ = telemetry
     result = LocalElasticAgent(script_spec("exit_code.py", "SIGKILL", nproc=2), logs).run()
@@ -333,6 +360,37 @@ def test_resource_samples_are_published_per_worker(telemetry, logs, tmp_path):
         cpu = metrics.values(f"workers.trainer.worker.{rank}.cpu_seconds")
         assert rss[-1] > 1_000_000
         assert cpu == sorted(cpu) and cpu[-1] > 0
+
+
+@pytest.mark.parametrize("tapped", [False, True], ids=["plain", "tapped"])
+def test_monitor_pass_timings_reach_the_pipeline_and_a_torch_handler_once_each(telemetry, logs, tapped):
+    """The @prof points of every monitor pass go to the pipeline directly and to the handler
+    configured on torch's metric stream; with Elastiscope's tap on that stream they must not
+    reach the pipeline a second time through it."""
+    import torch.distributed.elastic.metrics as torch_metrics
+
+    from telemetry import torch_bridge
+
+    _, metrics = telemetry
+    user = []
+
+    class UserHandler(torch_metrics.MetricHandler):
+        def emit(self, data):
+            user.append(data.name)
+
+    torch_metrics.configure(UserHandler(), "torchelastic")
+    if tapped:
+        torch_bridge.install()
+    try:
+        result = LocalElasticAgent(script_spec("exit_code.py", 0, nproc=2), logs).run()
+    finally:
+        torch_bridge.uninstall()
+        torch_metrics.configure(torch_metrics.NullMetricHandler(), "torchelastic")
+    assert result.state == WorkerState.SUCCEEDED
+    for name in ("LocalElasticAgent._monitor_workers.success",
+                 "LocalElasticAgent._monitor_workers.duration.ms"):
+        passes = len(metrics.values(name))
+        assert passes >= 1 and user.count(name) == passes, name
 
 
 def test_status_snapshot_describes_running_workers_from_another_thread(telemetry, logs, tmp_path):
