@@ -1,140 +1,96 @@
-"""Agent CPU while its workers sleep: Elastiscope's local agent against torchrun.
+"""Agent CPU while its workers sleep: ``elastiscope run`` against torchrun, side by side.
 
-The job: 4 workers that each write a start file and then sleep. Once every worker has
-started and a settle period has passed (start-up work, standbys, first samples), the CPU
-time (scheduler run time of every thread) of the launcher process and of every descendant that is not a worker
-(our spawner and standby interpreters, if any) is read, and read again after the measuring
-window. Launchers alternate, several repetitions each; medians are printed in CPU
-milliseconds per wall second. Goal: ours <= torchrun's.
+The job: 4 workers that sleep, one node. Each launcher runs it through its real command line
+with its defaults (ours: the HTTP endpoint on, the event log written; see
+``common.launcher_argv``). Once every worker has started and a settle period has passed, the
+scheduler's CPU time of every thread of the launcher and of every descendant that is not a
+worker (our spawner and standby interpreters) is read at the start and the end of the window
+(``common.steady_state``, the same measurement as ``run_all.py --only steady``). Launchers
+alternate, several repetitions each; medians (min-max) are printed in CPU milliseconds per
+wall second, split into the launcher's main thread, its other threads and helper processes.
 
-    python bench/agent_cpu.py [--repetitions 5] [--window 5] [--max-restarts 0]
+Goal (issue 3): ours <= torchrun's.
+
+    python bench/agent_cpu.py [--repetitions 5] [--window 10] [--settle 5] [--rdzv c10d] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+import common  # noqa: E402
+from common import OURS, THEIRS  # noqa: E402
 
-# The two launchers. Switching ours to the real CLI is this one line:
-#   "elastiscope": ["elastiscope", "run", "--standalone"],
-LAUNCHERS = {
-    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone"],
-    "elastiscope": [sys.executable, str(HERE / "_launch.py"), "--rdzv-backend", "static"],
-}
-
-WORKER = """\
-import os, sys, time
-out, rank = sys.argv[1], os.environ["RANK"]
-with open(os.path.join(out, f".start.{rank}"), "w") as f:
-    f.write(str(os.getpid()))
-os.replace(os.path.join(out, f".start.{rank}"), os.path.join(out, f"start.{rank}"))
-time.sleep(float(sys.argv[2]))
-"""
+PARTS = ("cpu_ms_per_s", "cpu_ms_per_s_launcher_main_thread", "cpu_ms_per_s_launcher_other_threads",
+         "cpu_ms_per_s_helper_processes")
+LABELS = ("total", "main thread", "other threads", "helpers")
 
 
-def cpu_seconds(proc: psutil.Process) -> float:
-    """CPU time of every thread of ``proc``, in nanosecond resolution.
-
-    /proc/<pid>/stat counts in clock ticks (10 ms here): an idle agent spends a few of those
-    in 5 s, too coarse to compare. The scheduler's run time per thread is exact.
-    """
-    total_ns = 0
-    for task in Path(f"/proc/{proc.pid}/task").iterdir():
-        try:
-            total_ns += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError):  # a thread that just ended
-            pass
-    return total_ns / 1e9
-
-
-def helpers_cpu(launcher: psutil.Process, worker_pids: set[int]) -> tuple[float, int]:
-    """CPU seconds of the launcher and its non-worker descendants, and how many there are."""
-    total, count = cpu_seconds(launcher), 1
-    for child in launcher.children(recursive=True):
-        if child.pid in worker_pids:
-            continue
-        try:
-            total += cpu_seconds(child)
-            count += 1
-        except (psutil.NoSuchProcess, FileNotFoundError):
-            pass
-    return total, count
+def measure(reps: int, window: float, settle: float, rdzv: str, nproc: int = 4,
+            progress=None) -> dict:
+    load_before = common.load_average()
+    with tempfile.TemporaryDirectory(prefix="agent_cpu_") as tmp:
+        rows, failures = common.ab_runs(
+            reps,
+            lambda rep, name: common.steady_state(name, rdzv, nproc, Path(tmp), settle=settle,
+                                                  window=window),
+            progress, "agent_cpu",
+        )
+    launchers = {name: common.summaries(r) for name, r in rows.items()}
+    return {
+        "reps": reps, "window_s": window, "settle_s": settle, "nproc": nproc, "rdzv": rdzv,
+        "load_average_before": load_before, "load_average_after": common.load_average(),
+        "failures": failures, "launchers": launchers,
+        "ratio": common.ratio(launchers[OURS]["cpu_ms_per_s"], launchers[THEIRS]["cpu_ms_per_s"]),
+    }
 
 
-def run_once(launcher: list[str], worker: Path, workdir: Path, args) -> tuple[float, int]:
-    """One job; returns (agent CPU ms per wall second, number of agent-side processes)."""
-    out = Path(tempfile.mkdtemp(dir=workdir))
-    sleep_for = args.settle + args.window + 2.0
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.Popen(
-        [*launcher, "--nproc-per-node", "4", "--max-restarts", str(args.max_restarts),
-         str(worker), str(out), str(sleep_for)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("start.*"))) < 4:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{launcher[:3]}: workers did not start (exit {proc.returncode})")
-            time.sleep(0.05)
-        worker_pids = {int(p.read_text()) for p in out.glob("start.*")}
-        launcher_proc = psutil.Process(proc.pid)
-        time.sleep(args.settle)
-        before, _ = helpers_cpu(launcher_proc, worker_pids)
-        started = time.monotonic()
-        time.sleep(args.window)
-        after, count = helpers_cpu(launcher_proc, worker_pids)
-        elapsed = time.monotonic() - started
-        return (after - before) * 1000 / elapsed, count
-    finally:
-        proc.wait(sleep_for + 60)
+def _cell(summary: dict) -> str:
+    return f"{summary['median']:.2f} ({summary['min']:.2f}-{summary['max']:.2f})"
+
+
+def report(result: dict) -> str:
+    lines = [
+        f"{result['reps']} repetitions each, alternating; {result['window_s']:.0f} s window after "
+        f"{result['settle_s']:.0f} s settle; {result['nproc']} sleeping workers, rdzv {result['rdzv']}; "
+        f"load average {result['load_average_before']} -> {result['load_average_after']}",
+        "",
+        f"{'CPU ms per s':14s}" + "".join(f"{label:>22s}" for label in LABELS),
+    ]
+    for name in (OURS, THEIRS):
+        summary = result["launchers"][name]
+        lines.append(f"{name:14s}" + "".join(f"{_cell(summary[p]):>22s}" for p in PARTS))
+    ratio = result["ratio"]
+    verdict = "met" if ratio is not None and ratio <= 1.0 else "NOT met"
+    lines += ["", f"ratio (medians) {ratio:.2f}x   goal {OURS} <= {THEIRS}: {verdict}"]
+    for name, failed in result["failures"].items():
+        for failure in failed:
+            lines.append(f"failed run of {name}: {failure}")
+    return "\n".join(lines)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--repetitions", type=int, default=5)
-    p.add_argument("--window", type=float, default=5.0, help="seconds measured")
-    p.add_argument("--settle", type=float, default=1.0, help="seconds skipped after start")
-    p.add_argument("--max-restarts", type=int, default=0)
+    p.add_argument("--window", type=float, default=10.0, help="seconds measured")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds skipped after the workers start")
+    p.add_argument("--rdzv", choices=("c10d", "static"), default="c10d",
+                   help="c10d: --standalone (default); static: torch's static rendezvous")
+    p.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = p.parse_args()
-
-    samples: dict[str, list[float]] = {name: [] for name in LAUNCHERS}
-    processes: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="agent_cpu_") as tmp:
-        workdir = Path(tmp)
-        worker = workdir / "worker.py"
-        worker.write_text(WORKER)
-        for rep in range(args.repetitions):
-            order = list(LAUNCHERS) if rep % 2 == 0 else list(reversed(LAUNCHERS))
-            for name in order:
-                try:
-                    rate, count = run_once(LAUNCHERS[name], worker, workdir, args)
-                except Exception as e:  # one line, not a traceback
-                    print(f"error: {name}: {e}", file=sys.stderr)
-                    return 1
-                samples[name].append(rate)
-                processes[name] = count
-                print(f"rep {rep}: {name:12s} {rate:6.2f} CPU ms/s over {args.window:.0f} s "
-                      f"({count} agent-side processes)", flush=True)
-
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    print()
-    for name, values in samples.items():
-        spread = ", ".join(f"{v:.2f}" for v in sorted(values))
-        print(f"{name:12s} median {medians[name]:6.2f} CPU ms/s   (all: {spread})")
-    verdict = "met" if medians["elastiscope"] <= medians["torchrun"] else "NOT met"
-    print(f"goal elastiscope <= torchrun: {verdict}")
+    progress = None if args.json else (lambda line: print(line, flush=True))
+    try:
+        result = measure(args.repetitions, args.window, args.settle, args.rdzv, progress=progress)
+    except common.RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else "\n" + report(result))
     return 0
 
 
