@@ -193,11 +193,8 @@ def test_event_metadata_with_non_finite_floats_is_still_valid_json(serve, sink):
     assert body["events"][0]["metadata"]["duration"] == "nan"
 
 
-def test_event_stream_delivers_events_published_after_connecting(serve, sink):
-    sink.emit(failed_event(0))  # before connecting: not replayed without since=
-    server = serve()
-    received = []
-    connected = threading.Event()
+def _first_streamed_event(server, received: list, connected: threading.Event) -> threading.Thread:
+    """A thread reading /events/stream until its first event, which it appends to ``received``."""
 
     def read():
         with httpx.stream("GET", server.url + "/events/stream", timeout=10) as response:
@@ -210,6 +207,15 @@ def test_event_stream_delivers_events_published_after_connecting(serve, sink):
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return reader
+
+
+def test_event_stream_delivers_events_published_after_connecting(serve, sink):
+    sink.emit(failed_event(0))  # before connecting: not replayed without since=
+    server = serve()
+    received = []
+    connected = threading.Event()
+    reader = _first_streamed_event(server, received, connected)
     assert connected.wait(10)
     sink.emit(failed_event(7))
     reader.join(10)
@@ -235,16 +241,7 @@ def test_event_stream_listens_for_new_events_only_while_a_client_is_connected(se
     server = serve()
     assert sink._listeners == ()
     received = []
-
-    def read():
-        with httpx.stream("GET", server.url + "/events/stream", timeout=10) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    received.append(json.loads(line[6:]))
-                    return
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader = _first_streamed_event(server, received, threading.Event())
     # The stream waits on the sink (no polling): it is woken by the event itself.
     wait_until(lambda: len(sink._listeners) == 1, 10, "the stream to listen on the sink")
     sink.emit(failed_event(3))
