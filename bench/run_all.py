@@ -235,8 +235,8 @@ def goals(results: dict) -> list[dict]:
                  "theirs": _med(theirs.get("agent_rss_bytes"), 1 / MIB, "MiB", 0),
                  "measured": _x(rss), "met": None if rss is None else rss <= GOAL_PEAK_RSS,
                  "note": "" if helpers is None or launcher_ratio is None else
-                 f"the launcher process alone is {launcher_ratio:.2f}× torchrun's (it imports the endpoint "
-                 f"stack and prometheus-client next to torch); on top of it come {_helpers_text(helper_count)} "
+                 f"the launcher process alone is {launcher_ratio:.2f}× torchrun's (it imports structlog and "
+                 f"prometheus-client next to torch); on top of it come {_helpers_text(helper_count)} "
                  f"with {helpers / MIB:.0f} MiB RSS (peak, shared library pages counted in each process)."})
 
     steady = _get(_result(results, "steady"), "launchers") or {}
@@ -287,11 +287,11 @@ def _steady_note(steady: dict) -> str:
     if not steady.get(OURS) or not steady.get(THEIRS):
         return ""
     return (f"CPU ms/s, ours vs torchrun: launcher main thread {part(OURS, 'launcher_main_thread')} vs "
-            f"{part(THEIRS, 'launcher_main_thread')} (both wake every 0.1 s; ours also updates state "
+            f"{part(THEIRS, 'launcher_main_thread')} (both wake every 0.1 s; ours also publishes its state "
             f"metrics and samples every worker's CPU and memory every 5 s), the launcher's other threads "
             f"{part(OURS, 'launcher_other_threads')} vs {part(THEIRS, 'launcher_other_threads')} (ours adds "
-            f"the HTTP endpoint's event loop, which ticks 10 times a second, and the telemetry delivery "
-            f"threads), helper processes {part(OURS, 'helper_processes')} vs {part(THEIRS, 'helper_processes')}.")
+            f"the HTTP endpoint's event loop, asleep until a request, and the telemetry delivery threads), "
+            f"helper processes {part(OURS, 'helper_processes')} vs {part(THEIRS, 'helper_processes')}.")
 
 
 def render_goals(results) -> list[str]:
