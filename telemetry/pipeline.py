@@ -601,28 +601,8 @@ def get_pipeline() -> Pipeline:
 
 
 def publish_metric(group: str, name: str, value: Any) -> None:
-    """``get_pipeline().publish_metric(group, name, value)``, with the repeat check inline.
-
-    The agent's run loop publishes a handful of points per pass, ten times a second, for the
-    whole job, nearly all repeats; every call level saved here is saved forty times a second.
-    """
-    p = _pipeline
-    if p is None:
-        p = get_pipeline()
-    skipper = p._repeat_skipper
-    if skipper is not None:
-        try:
-            key = skipper._keys.get((group, name))
-            if key is not None:
-                with skipper._emit_lock:
-                    if skipper._last.get(key) == (group, name, value):
-                        stats = skipper.stats
-                        stats.offered += 1
-                        stats.delivered += 1
-                        return
-        except Exception:  # a value that cannot be compared: the full path decides
-            pass
-    p.publish_metric(group, name, value)
+    """``get_pipeline().publish_metric(group, name, value)``: see :meth:`Pipeline.publish_metric`."""
+    (_pipeline or get_pipeline()).publish_metric(group, name, value)
 
 
 def set_pipeline(pipeline: Pipeline | None) -> Pipeline | None:
