@@ -68,9 +68,7 @@ def __getattr__(name: str) -> Any:
 def put_metric(metric_name: str, metric_value: Any, metric_group: str = "torchelastic") -> None:
     """torch's ``put_metric`` as the agent uses it: into Elastiscope's pipeline, and on to any
     handler configured on torch's metric stream (where torch's agent would have sent it)."""
-    # The same two lines as _publish_metric, not a call to it: this runs twice per pass.
-    _pipeline_publish_metric(metric_group, metric_name, metric_value)
-    deliver_to_torch_handler(metric_name, metric_value, metric_group)
+    _publish_metric(metric_name, metric_value, metric_group)
 
 
 def _publish_metric(name: str, value: Any, group: str = "torchelastic") -> None:
@@ -98,16 +96,12 @@ def prof(fn: Callable) -> Callable:
         started = time.time()
         try:
             value = fn(*args, **kwargs)
-            # _publish_metric's two lines, inline: _monitor_workers runs ten times a second.
-            _pipeline_publish_metric("torchelastic", success, 1)
-            deliver_to_torch_handler(success, 1, "torchelastic")
+            _publish_metric(success, 1)
         except Exception:
             _publish_metric(failure, 1)
             raise
         finally:
-            elapsed_ms = int((time.time() - started) * 1000)
-            _pipeline_publish_metric("torchelastic", duration, elapsed_ms)
-            deliver_to_torch_handler(duration, elapsed_ms, "torchelastic")
+            _publish_metric(duration, int((time.time() - started) * 1000))
         return value
 
     return wrapper
