@@ -202,8 +202,6 @@ def configure(
             from telemetry.sinks.prometheus import PrometheusSink
 
             prom = PrometheusSink(metrics.AgentMetrics(), role=role)
-            if getattr(prom, "repeat_key", None) is None:
-                prom.repeat_key = _prometheus_repeat_key(metrics.classify_metric)
             metrics.set_current(prom.metrics)
             sinks.append(prom)
         if settings.event_log is not None:
@@ -258,28 +256,6 @@ def configure(
     if exit_handlers:
         install_exit_handlers()
     return pipeline
-
-
-# put_metric kinds the Prometheus sink turns into a plain ``set`` of one series (or, for the
-# group state, of the role's seven state series at once): delivering the same point twice in a
-# row changes nothing. Counters and histograms (run outcomes, start/stop durations) are left
-# out: each of their points counts. See Sink.repeat_key.
-_PROMETHEUS_SET_KINDS = frozenset({"generic", "remaining_restarts", "group_state"})
-
-
-def _prometheus_repeat_key(classify: Any) -> Any:
-    """``repeat_key`` for the Prometheus sink: the series a point sets, or None if it adds."""
-
-    def repeat_key(point: Any) -> Any:
-        target = classify(point.group_name, point.name)
-        if target.kind not in _PROMETHEUS_SET_KINDS:
-            return None
-        if target.kind == "generic":
-            return ("generic", point.group_name, point.name)
-        # The role's group state (whichever state's name set it) or its remaining restarts.
-        return (target.kind, target.labels[0])
-
-    return repeat_key
 
 
 def _shutdown_extras(timeout: float) -> None:

@@ -144,11 +144,29 @@ class PrometheusSink(Sink):
         self._observe_duration("elastiscope_rank_assignment_duration_seconds", event)
 
     # -- put_metric ------------------------------------------------------------------------
-    def _metric(self, point: MetricPoint) -> None:
+    def _target(self, point: MetricPoint) -> MetricTarget:
         key = (point.group_name, point.name)
         target = self._targets.get(key)
         if target is None:
             target = self._targets[key] = classify_metric(point.group_name, point.name)
+        return target
+
+    def repeat_key(self, point: MetricPoint) -> object:
+        """The series a point sets (see ``Sink.repeat_key``), or None for one that adds.
+
+        Generic names, remaining restarts and the group state are plain sets: the same point
+        twice in a row changes nothing (the group state's key is the role's, whichever state's
+        name set it). Counters and histograms (run outcomes, durations) count every point.
+        """
+        target = self._target(point)
+        if target.kind == "generic":
+            return ("generic", point.group_name, point.name)
+        if target.kind in ("remaining_restarts", "group_state"):
+            return (target.kind, target.labels[0])
+        return None
+
+    def _metric(self, point: MetricPoint) -> None:
+        target = self._target(point)
         value, labels, m = point.value, target.labels, self.metrics
         kind = target.kind
         if kind == "generic":
