@@ -108,10 +108,20 @@ class _CallableBoot:
     stderr: str
     result_file: str
     parent_pid: int | None
+    # Shared by the attempt's callable workers: one that has returned waits here for the
+    # others before its process exits (see _callable_worker_main).
+    all_returned: Any = None
 
 
 def _callable_worker_main(boot: _CallableBoot) -> None:
-    """Body of a callable worker process: the same steps as torch's, minus its eager imports."""
+    """Body of a callable worker process: the same steps as torch's, minus its eager imports.
+
+    A worker that returns stays alive until every local worker has returned, as torch's do.
+    Its process may own one end of connections its peers still use (a gloo rank's sockets):
+    exiting at once would tear them down under a peer still finishing its own last
+    collective, and that peer would abort. A worker that fails exits at once; the agent then
+    stops the others.
+    """
     die_with_parent(boot.parent_pid)
     try:
         os.setsid()  # its own process group, so that a stop reaches the worker's children too
@@ -125,6 +135,8 @@ def _callable_worker_main(boot: _CallableBoot) -> None:
     with open(tmp, "wb") as f:
         pickle.dump(result, f)
     os.replace(tmp, boot.result_file)
+    if boot.all_returned is not None:
+        boot.all_returned.wait()
 
 
 def _redirect_fd(fd: int, path: str, stream: TextIO) -> None:
@@ -543,6 +555,7 @@ class WorkerSet:
         self._by_pid: dict[int, WorkerProcess] = {}
         self._new_exits: list[WorkerProcess] = []
         self._result_dir: str | None = None
+        self._all_returned: Any = None
         self._closed = False
 
     # -- starting --------------------------------------------------------------------------
@@ -613,11 +626,14 @@ class WorkerSet:
         ctx = mp_context or multiprocessing.get_context("spawn")
         parent = None if ctx.get_start_method() == "forkserver" else os.getpid()
         self._result_dir = tempfile.mkdtemp(prefix="elastiscope_results_")
+        # Held for the set's life: a child that boots after the last reference is gone would
+        # find the barrier's semaphores unlinked.
+        self._all_returned = all_returned = ctx.Barrier(len(launches))
         for launch in launches:
             result_file = os.path.join(self._result_dir, f"{launch.local_rank}.pkl")
             boot = _CallableBoot(
                 launch.entrypoint, launch.args, launch.env, launch.stdout, launch.stderr,
-                result_file, parent,
+                result_file, parent, all_returned,
             )
             proc = ctx.Process(
                 target=_callable_worker_main, args=(boot,), name=f"worker{launch.local_rank}"
