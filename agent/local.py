@@ -53,7 +53,7 @@ from agent.processes import (
 from agent import rendezvous
 from telemetry import tracing
 from telemetry.events import Event, EventSource, emit
-from telemetry.records import put_metric
+from telemetry.events import put_metric
 
 __all__ = ["LocalElasticAgent", "DEFAULT_SIGNALS_TO_HANDLE"]
 

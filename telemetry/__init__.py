@@ -7,7 +7,8 @@ OpenTelemetry exporters, the HTTP server) load only when configured.
 from telemetry.config import ConfigError, configure, shutdown
 from telemetry.events import Event, EventSource, emit, record
 from telemetry.pipeline import Pipeline, Sink, SinkStats, get_pipeline, set_pipeline
-from telemetry.records import MetricPoint, put_metric
+from telemetry.events import put_metric
+from telemetry.records import MetricPoint
 
 __version__ = "0.1.0"
 

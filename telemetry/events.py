@@ -7,54 +7,11 @@ every line of our event log back. This module never imports torch.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
-from enum import Enum
-from typing import Union
 
-__all__ = ["EventSource", "Event", "EventMetadataValue", "record", "emit", "now_ms"]
+from telemetry.records import Event, EventMetadataValue, EventSource, MetricPoint, now_ms
 
-EventMetadataValue = Union[str, int, float, bool, None]
-
-
-class EventSource(str, Enum):
-    """Who produced an event: the agent itself or one of its workers."""
-
-    AGENT = "AGENT"
-    WORKER = "WORKER"
-
-
-@dataclass
-class Event:
-    """One thing that happened during a run.
-
-    ``timestamp`` is milliseconds since the epoch. It defaults to 0 like torch's; ``record``
-    and ``emit`` stamp the wall-clock time on events that arrive without one.
-    """
-
-    name: str
-    source: EventSource
-    timestamp: int = 0
-    metadata: dict[str, EventMetadataValue] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return self.serialize()
-
-    def serialize(self) -> str:
-        return json.dumps(asdict(self))
-
-    @staticmethod
-    def deserialize(data: Union[str, bytes, "Event"]) -> "Event":
-        if isinstance(data, Event):
-            return data
-        fields = json.loads(data)
-        fields["source"] = EventSource[fields["source"]]
-        return Event(**fields)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+__all__ = ["EventSource", "Event", "EventMetadataValue", "record", "emit", "now_ms", "put_metric"]
 
 
 def emit(event: Event) -> None:
@@ -80,3 +37,10 @@ def record(event: Event, destination: str = "null") -> None:
     from telemetry.pipeline import get_pipeline
 
     get_pipeline().publish(event, destination)
+
+
+def put_metric(metric_name: str, metric_value: float, metric_group: str = "torchelastic") -> None:
+    """torch's ``put_metric``: publish one data point to every sink. Never raises, never blocks."""
+    from telemetry.pipeline import get_pipeline
+
+    get_pipeline().publish(MetricPoint(time.time(), metric_group, metric_name, metric_value))

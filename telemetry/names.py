@@ -1,0 +1,74 @@
+"""The names every other module shares: event kinds, worker states, restart reasons.
+
+A leaf: imports nothing of ours (and nothing from torch), so any module may use it. Spell a
+name here once and refer to it everywhere else; a literal event name anywhere else is a bug
+waiting for a rename.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TORCH_STATUS_PREFIX",
+    "TORCH_RENDEZVOUS",
+    "TORCH_ASSIGN_WORKER_RANKS",
+    "TORCH_START",
+    "TORCH_SUCCEEDED",
+    "TORCH_FAILED",
+    "TORCH_TERMINATED",
+    "RUN_START",
+    "RUN_END",
+    "STATE_CHANGE",
+    "RESTART",
+    "RENDEZVOUS_PREFIX",
+    "RENDEZVOUS_COMPLETE",
+    "WORKER_FAILED",
+    "ENDPOINT_STARTED",
+    "AGENT",
+    "WORKER",
+    "WORKER_STATES",
+    "RESTART_FAILURE",
+    "RESTART_MEMBERSHIP",
+    "RESTART_REASONS",
+    "torch_status",
+]
+
+# ---- event kinds ---------------------------------------------------------------------------
+# torch's agent names its events torchelastic.worker.status.<STATE>; ours record the same.
+TORCH_STATUS_PREFIX = "torchelastic.worker.status."
+
+
+def torch_status(state: str) -> str:
+    """torch's event name for a worker or agent status, e.g. ``SUCCEEDED``."""
+    return TORCH_STATUS_PREFIX + state
+
+
+TORCH_RENDEZVOUS = torch_status("RENDEZVOUS")
+TORCH_ASSIGN_WORKER_RANKS = torch_status("ASSIGN_WORKER_RANKS")
+TORCH_START = torch_status("START")
+TORCH_SUCCEEDED = torch_status("SUCCEEDED")
+TORCH_FAILED = torch_status("FAILED")
+TORCH_TERMINATED = torch_status("TERMINATED")
+
+# Elastiscope's own kinds (docs/reference.md says what each means and carries).
+RUN_START = "elastiscope.agent.run_start"
+RUN_END = "elastiscope.agent.run_end"
+STATE_CHANGE = "elastiscope.agent.state_change"
+RESTART = "elastiscope.agent.restart"
+# torch's rendezvous events, bridged, are named elastiscope.rendezvous.<torch's name>.
+RENDEZVOUS_PREFIX = "elastiscope.rendezvous."
+RENDEZVOUS_COMPLETE = RENDEZVOUS_PREFIX + "complete"
+WORKER_FAILED = "elastiscope.worker.failed"
+ENDPOINT_STARTED = "elastiscope.endpoint.started"
+
+# ---- event sources (EventSource's values) --------------------------------------------------
+AGENT = "AGENT"
+WORKER = "WORKER"
+
+# ---- states and reasons --------------------------------------------------------------------
+# torch's WorkerState values, as events, metric labels and the endpoint spell them.
+WORKER_STATES = ("UNKNOWN", "INIT", "HEALTHY", "UNHEALTHY", "STOPPED", "SUCCEEDED", "FAILED")
+
+# Why the agent restarts its worker group, as events and the ``reason`` label spell it.
+RESTART_FAILURE = "failure"
+RESTART_MEMBERSHIP = "membership"
+RESTART_REASONS = (RESTART_FAILURE, RESTART_MEMBERSHIP)
