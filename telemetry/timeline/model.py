@@ -1,0 +1,91 @@
+"""What a run's timeline is made of: the events read back, and the summary built from them.
+
+Plain dataclasses, so ``elastiscope events --json`` is ``dataclasses.asdict`` of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TimelineError", "LogEvent", "Failure", "Restart", "Attempt", "RunSummary"]
+
+
+class TimelineError(Exception):
+    """The log cannot be read; the message is one line meant for a person."""
+
+
+@dataclass
+class LogEvent:
+    name: str
+    source: str
+    timestamp: int  # ms since the epoch
+    metadata: dict[str, Any]
+
+    @property
+    def state(self) -> Any:
+        return self.metadata.get("state")
+
+
+@dataclass
+class Failure:
+    timestamp: int
+    attempt: int
+    global_rank: Any
+    local_rank: Any
+    exit_code: Any
+    signal: Any
+    pid: Any
+    error: str
+    detect_latency_ms: Any = None
+
+
+@dataclass
+class Restart:
+    timestamp: int
+    number: int
+    reason: str
+    failed_ranks: list
+    remaining_restarts: Any
+    # restart event -> the group HEALTHY again (None: it never got there)
+    duration_ms: float | None = None
+
+
+@dataclass
+class Attempt:
+    number: int
+    started: int  # rendezvous complete
+    rendezvous_ms: float | None = None
+    world_size: Any = None
+    group_world_size: Any = None
+    workers_started: int = 0
+    ended: int | None = None
+    outcome: str = "RUNNING"
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    run_id: Any = None
+    role: Any = None
+    hostname: Any = None
+    entry_point: Any = None
+    max_restarts: Any = None
+    started: int | None = None
+    ended: int | None = None
+    outcome: str = "UNKNOWN"
+    endpoint_url: Any = None
+    attempts: list[Attempt] = field(default_factory=list)
+    restarts: list[Restart] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    rendezvous_ms: list[float] = field(default_factory=list)
+    events: list[LogEvent] = field(default_factory=list)
+    # Lines of the file that were not events; the log's count is kept on its last run, since
+    # a cut-short or corrupted line cannot be attributed to a run. Not part of the JSON run.
+    skipped_lines: int = 0
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started is None or self.ended is None:
+            return None
+        return (self.ended - self.started) / 1000

@@ -1,0 +1,174 @@
+"""Showing runs to a person (a timeline and a summary per run) or to a program (JSON)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from telemetry.names import (
+    ENDPOINT_STARTED,
+    RENDEZVOUS_COMPLETE,
+    RESTART,
+    RUN_END,
+    RUN_START,
+    TORCH_FAILED,
+    WORKER,
+    WORKER_FAILED,
+)
+from telemetry.timeline.model import Failure, LogEvent, RunSummary
+from telemetry.timeline.summary import failure_of
+
+__all__ = ["render", "summaries_as_json"]
+
+# The metadata worth a glance on the lines --all adds for events without a line of their own.
+_ALL_EVENTS_KEYS = ("state", "global_rank", "duration_ms", "reason")
+
+
+def _clock(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) + f".{ms % 1000:03d}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+
+
+def _rank(f: Failure) -> str:
+    local = f" (local {f.local_rank})" if f.local_rank is not None else ""
+    return f"rank {f.global_rank}{local}"
+
+
+def _exit(f: Failure) -> str:
+    if f.signal:
+        return f"signal {f.signal}"
+    return f"exit code {f.exit_code}" if f.exit_code is not None else "exit code unknown"
+
+
+def _failure_line(event: LogEvent) -> str:
+    f = failure_of(event, None)
+    latency = f" (seen in {_ms(f.detect_latency_ms)})" if f.detect_latency_ms is not None else ""
+    return f"FAILED {_rank(f)}, {_exit(f)}: {f.error or 'no error message'}{latency}"
+
+
+class _TimelineWriter:
+    """One line of text per milestone of a run (per event with ``show_all``), in event order."""
+
+    def __init__(self, run: RunSummary, show_all: bool) -> None:
+        self.show_all = show_all
+        # Attempts and restarts were summarised in event order, so the n-th such event is the
+        # n-th of them.
+        self.attempts = iter(run.attempts)
+        self.restarts = iter(run.restarts)
+
+    def line(self, e: LogEvent) -> str | None:
+        md = e.metadata
+        if e.name == RUN_START:
+            program = md.get("program") or md.get("entry_point")
+            return (f"run started: {program}, {md.get('local_world_size')} worker(s) "
+                    f"on this node, max {md.get('max_restarts')} restart(s)")
+        if e.name == ENDPOINT_STARTED:
+            return f"endpoint at {md.get('url')}"
+        if e.name == RENDEZVOUS_COMPLETE:
+            a = next(self.attempts, None)
+            took = f" in {_ms(a.rendezvous_ms)}" if a and a.rendezvous_ms is not None else ""
+            return (f"attempt {a.number if a else '?'}: rendezvous complete{took}: "
+                    f"{md.get('group_world_size')} node(s), world size {md.get('world_size')}")
+        if e.name == WORKER_FAILED or (e.name == TORCH_FAILED and e.source == WORKER
+                                       and self.show_all):
+            return _failure_line(e)
+        if e.name == RESTART:
+            r = next(self.restarts, None)
+            took = (f", healthy again after {_ms(r.duration_ms)}"
+                    if r and r.duration_ms is not None else "")
+            ranks = f" of rank(s) {', '.join(map(str, r.failed_ranks))}" if r and r.failed_ranks else ""
+            return (f"restart #{r.number if r else '?'} ({md.get('reason')}{ranks}); "
+                    f"{md.get('remaining_restarts')} left{took}")
+        if e.name == RUN_END:
+            return f"run ended: {md.get('state')} after {md.get('total_run_time')} s"
+        if self.show_all:
+            extras = {k: v for k, v in md.items() if k in _ALL_EVENTS_KEYS and v is not None}
+            return f"{e.name} " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return None
+
+
+def _timeline_lines(run: RunSummary, show_all: bool) -> list[tuple[int, str]]:
+    """(timestamp, text) for each line of the timeline."""
+    writer = _TimelineWriter(run, show_all)
+    lines: list[tuple[int, str]] = []
+    for e in run.events:
+        text = writer.line(e)
+        if text is not None:
+            lines.append((e.timestamp, text))
+    return lines
+
+
+def render(runs: list[RunSummary], path: str, show_all: bool = False) -> str:
+    """The text of ``elastiscope events``: each run's timeline, then its summary."""
+    out: list[str] = [f"event log {path}"]
+    for run in runs:
+        out.append("")
+        duration = f" in {run.duration_s:.1f} s" if run.duration_s is not None else ""
+        out.append(f"run {run.run_id}  role {run.role}  host {run.hostname}: {run.outcome}{duration}")
+        lines = _timeline_lines(run, show_all)
+        origin = min((ts for ts, _ in lines if ts), default=0)
+        for ts, text in lines:
+            offset = f"+{(ts - origin) / 1000:.3f}s" if ts and origin else ""
+            out.append(f"  {_clock(ts)} {offset:>10}  {text}")
+        out.append("  summary:")
+        out.extend("    " + line for line in _summary_lines(run))
+    skipped = runs[-1].skipped_lines if runs else 0
+    if skipped:
+        out.append(f"\n({skipped} line(s) of the log were not events and were skipped)")
+    return "\n".join(out)
+
+
+def _summary_lines(run: RunSummary) -> list[str]:
+    reasons: dict[str, int] = {}
+    for r in run.restarts:
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+    lines = [
+        f"outcome: {run.outcome}",
+        f"attempts: {len(run.attempts)}   restarts: {len(run.restarts)}"
+        + (f" ({why})" if why else "")
+        + (f"   max restarts: {run.max_restarts}" if run.max_restarts is not None else ""),
+    ]
+    if run.failures:
+        lines.append(f"failures: {len(run.failures)}")
+        for f in run.failures:
+            lines.append(f"  attempt {f.attempt}: {_rank(f)}, {_exit(f)}: "
+                         f"{f.error or 'no error message'}")
+    else:
+        lines.append("failures: none")
+    if run.rendezvous_ms:
+        r = run.rendezvous_ms
+        lines.append(f"rendezvous: {len(r)} round(s), mean {_ms(sum(r) / len(r))}, max {_ms(max(r))}")
+    timed = [x.duration_ms for x in run.restarts if x.duration_ms is not None]
+    if timed:
+        lines.append(f"restart to healthy: mean {_ms(sum(timed) / len(timed))}, max {_ms(max(timed))}")
+    if run.endpoint_url:
+        lines.append(f"endpoint: {run.endpoint_url}")
+    return lines
+
+
+def _run_as_json(run: RunSummary) -> dict[str, Any]:
+    data = asdict(run)
+    data.pop("events")
+    data.pop("skipped_lines")  # the log's count, given once at the top
+    data["duration_s"] = run.duration_s
+    data["restart_count"] = len(run.restarts)
+    data["attempt_count"] = len(run.attempts)
+    data["failure_count"] = len(run.failures)
+    data["event_count"] = len(run.events)
+    return data
+
+
+def summaries_as_json(runs: list[RunSummary], path: str) -> dict[str, Any]:
+    """The data of ``elastiscope events --json``."""
+    return {
+        "path": path,
+        "skipped_lines": runs[-1].skipped_lines if runs else 0,
+        "runs": [_run_as_json(run) for run in runs],
+    }
