@@ -52,7 +52,7 @@ def test_the_scrape_that_ends_the_linger_is_noted_after_its_body_was_sent():
     the scrape were noted before its response was written, that last response could be cut
     off (seen as "no /metrics answer at the end" under load). Driven through ASGI directly,
     so the order is checked exactly, not raced."""
-    from telemetry.server import create_app
+    from telemetry.endpoint import create_app
 
     sent: list[dict] = []
     bodies_when_noted: list[int] = []

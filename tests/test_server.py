@@ -1,4 +1,4 @@
-"""The agent's HTTP endpoint (telemetry/server.py): routes, schema, auth and serving.
+"""The agent's HTTP endpoint (telemetry/endpoint/): routes, schema, auth and serving.
 
 Route behaviour is checked over real HTTP against uvicorn on 127.0.0.1; the schema fuzzing
 (schemathesis) runs in-process against the ASGI app, where it is fast and bounded.
@@ -17,15 +17,15 @@ import pytest
 
 from helpers.polling import wait_until
 from telemetry.events import Event, EventSource
-from telemetry.server import (
+from telemetry.endpoint import (
     EndpointError,
-    WarmUpWhenHealthy,
     bind_socket,
     create_app,
     is_loopback,
     serve_app,
     start_endpoint,
 )
+from telemetry.sinks.endpoint_warm_up import WarmUpWhenHealthy
 from telemetry.sinks.memory import MemorySink
 
 pytestmark = pytest.mark.timeout(60)
@@ -402,8 +402,8 @@ def test_workers_turning_healthy_warm_the_endpoint_up(lazy_server):
     assert lazy_server.wait_serving(20)
 
 
-def test_importing_the_server_module_does_not_import_the_web_stack():
-    code = ("import sys, telemetry.server; "
+def test_importing_the_endpoint_does_not_import_the_web_stack():
+    code = ("import sys, telemetry.endpoint, telemetry.sinks.endpoint_warm_up; "
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'pydantic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr

@@ -1,0 +1,67 @@
+"""``create_app``: the endpoint's FastAPI app, assembled from its route groups.
+
+The app knows the agent only through a *status provider* (see ``payloads.StatusProvider``); it
+never imports ``agent`` (the one-way rule). Events come from the event ring handed in, a
+:class:`~telemetry.sinks.memory.MemorySink`.
+
+Importing this module is cheap: FastAPI and pydantic load when an app is built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from telemetry import __version__
+from telemetry.endpoint.payloads import MetricsRenderer, StatusProvider
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fastapi import FastAPI
+
+    from telemetry.sinks.memory import MemorySink
+
+__all__ = ["STREAM_HEARTBEAT_SECONDS", "create_app", "render_attached_metrics"]
+
+# Server-sent events: an idle stream sends a comment line this often, so proxies and load
+# balancers keep the connection open. New events wake the stream at once (no polling).
+STREAM_HEARTBEAT_SECONDS = 15.0
+
+
+def render_attached_metrics(accept: str | None) -> tuple[bytes, str]:
+    """/metrics by default: the registry of the process's Prometheus metrics."""
+    from telemetry.metrics import exposition  # loads prometheus_client: only when scraped
+
+    return exposition(accept)
+
+
+def create_app(
+    status_provider: StatusProvider,
+    events: MemorySink | None = None,
+    *,
+    token: str | None = None,
+    metrics: MetricsRenderer | None = None,
+    on_metrics_scrape: Callable[[], None] | None = None,
+    stream_heartbeat_seconds: float = STREAM_HEARTBEAT_SECONDS,
+) -> FastAPI:
+    """Build the FastAPI app. ``token`` turns on bearer authentication for all but the probes.
+
+    ``events`` is the event ring /events and /events/stream read (None: no events);
+    ``metrics`` renders /metrics (default: ``render_attached_metrics``); ``on_metrics_scrape``
+    is called after each /metrics response has been sent.
+    """
+    # The web stack, loaded here and not at import (see the module docstring).
+    from fastapi import FastAPI
+
+    from telemetry.endpoint import routes
+    from telemetry.endpoint.auth import protection
+
+    app = FastAPI(
+        title="Elastiscope agent",
+        version=__version__,
+        description="Metrics, health, status and events of one Elastiscope agent.",
+    )
+    protected = protection(token)
+    routes.add_metrics_route(app, metrics or render_attached_metrics, on_metrics_scrape, protected)
+    routes.add_probe_routes(app, status_provider)
+    routes.add_status_route(app, status_provider, protected)
+    routes.add_event_routes(app, events, protected, stream_heartbeat_seconds)
+    return app

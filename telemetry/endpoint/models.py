@@ -1,0 +1,80 @@
+"""The endpoint's response models: what /status, /healthz, /readyz and /events promise.
+
+Imports pydantic, so only the app builder imports this module (when an endpoint is built), never
+``import telemetry``: a job that never answers a request never loads the web stack.
+"""
+
+# No ``from __future__ import annotations``: pydantic evaluates these annotations, and the plain
+# form keeps them exactly as the OpenAPI schema has always shown them.
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, Field
+
+from telemetry.names import AGENT, WORKER, WORKER_STATES
+
+__all__ = [
+    "WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem",
+]
+
+State = Literal[WORKER_STATES]  # type: ignore[valid-type]
+Source = Literal[AGENT, WORKER]  # type: ignore[valid-type]
+MetadataValue = Union[str, int, float, bool, None]
+
+
+class WorkerStatus(BaseModel):
+    """One local worker process."""
+
+    local_rank: int
+    global_rank: Optional[int] = Field(None, description="-1 or null before rank assignment")
+    role_rank: Optional[int] = None
+    pid: Optional[int] = Field(None, description="null while the worker is not running")
+    state: State = "UNKNOWN"
+    start_time: Optional[float] = Field(None, description="seconds since the epoch")
+    exit_code: Optional[int] = Field(None, description="null while the worker runs")
+    cpu_seconds: Optional[float] = Field(None, description="user + system CPU time")
+    rss_bytes: Optional[int] = Field(None, description="resident memory")
+
+
+class Status(BaseModel):
+    """The agent and its worker group right now."""
+
+    run_id: Optional[str] = None
+    role: Optional[str] = None
+    state: State = Field(..., description="the worker group's state")
+    restarts_used: int = 0
+    remaining_restarts: Optional[int] = None
+    max_restarts: Optional[int] = None
+    group_rank: Optional[int] = Field(None, description="this node's rank among the agents")
+    group_world_size: Optional[int] = Field(None, description="number of agents (nodes)")
+    world_size: Optional[int] = Field(None, description="number of workers over all nodes")
+    workers: list[WorkerStatus] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    uptime_seconds: float
+
+
+class Readiness(BaseModel):
+    ready: bool
+    state: State
+
+
+class EventRecord(BaseModel):
+    """One event in torch's event format, with its position in the ring buffer."""
+
+    seq: int = Field(..., description="increasing sequence number; pass as since= to page")
+    name: str
+    source: Source
+    timestamp: int = Field(..., description="milliseconds since the epoch")
+    metadata: dict[str, MetadataValue]
+
+
+class EventPage(BaseModel):
+    events: list[EventRecord]
+    last_seq: int = Field(..., description="sequence number of the newest event held")
+
+
+class Problem(BaseModel):
+    detail: str
+
