@@ -337,7 +337,7 @@ def test_stop_ends_the_server_thread_even_with_an_open_event_stream(serve):
     assert opened.wait(10)
     started = time.monotonic()
     server.stop(timeout=10)
-    assert not server._thread.is_alive()
+    assert not server.alive
     assert time.monotonic() - started < 5
 
 
@@ -346,9 +346,10 @@ def test_idle_endpoint_keeps_no_timer_in_its_event_loop(serve):
     second): once the last connection is gone, its event loop has no live timer."""
     server = serve()
     assert httpx.get(server.url + "/healthz").status_code == 200
-    loop = server._server.servers[0].get_loop()
+    loop = server.event_loop
 
     def live_timers():
+        # asyncio offers no public view of its timers; its heap of scheduled handles is it.
         return [h for h in list(loop._scheduled) if not h.cancelled()]
 
     wait_until(lambda: not live_timers(), 10, lambda: f"no live timers, not {live_timers()}")
@@ -367,7 +368,7 @@ def test_stop_ends_an_idle_server_thread_promptly(serve):
     server = serve()
     started = time.monotonic()
     server.stop(timeout=10)
-    assert not server._thread.is_alive()
+    assert not server.alive
     assert time.monotonic() - started < 5
 
 
@@ -391,7 +392,7 @@ def test_lazy_endpoint_loads_when_warmed_up_without_any_request(lazy_server):
 
 def test_lazy_endpoint_stops_without_ever_loading(lazy_server):
     lazy_server.stop(timeout=5)
-    assert not lazy_server._thread.is_alive() and not lazy_server.loaded
+    assert not lazy_server.alive and not lazy_server.loaded
 
 
 def test_workers_turning_healthy_warm_the_endpoint_up(lazy_server):

@@ -23,7 +23,8 @@ class IdleServer(uvicorn.Server):
     thread-safe call, so stopping stays immediate and nothing polls meanwhile.
     """
 
-    _loop: Any = None
+    # The event loop it serves on, once ``main_loop`` runs (None before).
+    loop: Any = None
     _exit_requested: Any = None
     _should_exit = False
 
@@ -36,7 +37,7 @@ class IdleServer(uvicorn.Server):
         self._should_exit = value
         # Read after the write: either main_loop sees the flag when it starts waiting, or
         # we see its loop and event here and wake it.
-        loop, requested = self._loop, self._exit_requested
+        loop, requested = self.loop, self._exit_requested
         if value and loop is not None and requested is not None:
             try:
                 loop.call_soon_threadsafe(requested.set)
@@ -49,7 +50,7 @@ class IdleServer(uvicorn.Server):
         if await self.on_tick(0):
             return
         self._exit_requested = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         if self._should_exit:
             return
         await self._exit_requested.wait()

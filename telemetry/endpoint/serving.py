@@ -164,11 +164,22 @@ class EndpointServer:
         server = self._server
         return bool(server is not None and server.started)
 
+    @property
+    def alive(self) -> bool:
+        """The server's thread runs (waiting for a client, loading, or serving)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def event_loop(self) -> Any:
+        """The asyncio loop requests are served on, once serving (None before)."""
+        server = self._server
+        return None if server is None else server.loop
+
     def wait_serving(self, timeout: float) -> bool:
         """Block until uvicorn accepts requests (or gave up); tests and benchmarks use this."""
         deadline = time.monotonic() + timeout
         while not self.serving:
-            if self.error is not None or (self._thread and not self._thread.is_alive()):
+            if self.error is not None or (self._thread is not None and not self.alive):
                 return False
             if time.monotonic() >= deadline:
                 return False
