@@ -1,4 +1,5 @@
-"""agent.processes on its own: spawning, exit watching, stopping, parent death, logs, usage."""
+"""agent.processes on its own: spawning, exit watching, stopping, parent death, standbys, logs,
+usage."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from agent.processes import (
     WorkerSet,
     python_invocation,
     read_usage,
+    standby_argv,
 )
 from helpers.local_agent import WORKERS, create_times, kill_quietly, process_alive, read_pids
 from helpers.polling import wait_until
@@ -125,13 +127,15 @@ def test_each_standby_holds_only_its_own_job_pipe_and_all_leave_when_dismissed(s
     script = tmp_path / "s.py"
     script.write_text("pass\n")
     pool = StandbyPool(spawner)
-    pool.fill(python_invocation(PY, ("-u", str(script))), 3)
-    pids = list(pool._pids)
+    invocation = python_invocation(PY, ("-u", str(script)))
+    pool.fill(invocation, 3)
+    pids = pool.pids
     assert len(pids) == 3
     born = create_times(pids)
     try:
         for pid in pids:
-            job_fd = int(open(f"/proc/{pid}/cmdline").read().split("\0")[4])
+            # The spawner appends the job fd to the standby's command.
+            job_fd = int(open(f"/proc/{pid}/cmdline").read().split("\0")[len(standby_argv(invocation))])
             # Until it waits on its pipe, the interpreter's start-up opens files of its own.
             wait_until(lambda: sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2, job_fd], 10)
         pool.dismiss()
@@ -165,11 +169,11 @@ def test_the_spawner_process_imports_only_what_it_needs(tmp_path):
     os.close(request_r)
     os.close(reply_w)
     try:
-        from agent import _spawner
+        from agent.processes import spawner_process
 
-        _spawner.send(request_w, ("spawn", [{"argv": ["/bin/true"], "env": {}, "cwd": str(tmp_path),
+        spawner_process.send(request_w, ("spawn", [{"argv": ["/bin/true"], "env": {}, "cwd": str(tmp_path),
                                              "stdout": "", "stderr": ""}]))
-        assert _spawner.recv(reply_r)[0] == "spawned"
+        assert spawner_process.recv(reply_r)[0] == "spawned"
     finally:
         os.close(request_w)  # EOF: the spawner exits
         _, stderr = proc.communicate(timeout=30)

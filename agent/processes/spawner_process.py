@@ -1,12 +1,14 @@
 """The worker spawner: a bare interpreter that forks the agent's program workers.
 
-Why a separate process, and what the agent sees of it, is told in :mod:`agent.processes`
-(:class:`~agent.processes.ProgramSpawner`). This module is the process itself, kept apart so
-that it costs next to nothing to keep running: it runs as ``python -I -S`` and imports only
-built-in or tiny modules (``os``, ``_signal``, ``select``, ``fcntl``, ``marshal``, ``time``,
-and ``ctypes`` for ``prctl``). No ``subprocess``, ``pickle``, ``logging``, ``typing`` or
-``multiprocessing``: with them the process was twice the size of a bare interpreter, and it
-lives as long as the job.
+Why a separate process is told in :mod:`agent.processes`; what the agent sees of it is
+:class:`~agent.processes.spawner_client.ProgramSpawner`. This module is the process itself,
+kept apart so that it costs next to nothing to keep running: it runs as ``python -I -S`` from
+its cached bytecode (see ``spawner_client.spawner_command``), not imported as part of its
+package, and imports only built-in or tiny modules (``os``, ``_signal``, ``select``,
+``fcntl``, ``marshal``, ``time``, and ``ctypes`` for ``prctl``). No ``subprocess``,
+``pickle``, ``logging``, ``typing`` or ``multiprocessing``: with them the process was twice
+the size of a bare interpreter, and it lives as long as the job. It imports nothing of ours
+either, so it needs no ``sys.path``.
 
 Wire protocol, both ways: a 4-byte big-endian length, then that many bytes of ``marshal``
 data (both ends are the same interpreter, ``sys.executable``).
@@ -27,9 +29,15 @@ start_new_session=True, preexec_fn=...)`` would: parent-death signal (then a che
 parent is still this process), a session of its own, streams, ignored signals back to their
 defaults, cwd, then ``execvpe`` (``PATH`` from the child's own environment). A failure before
 exec comes back on a close-on-exec pipe and is reported as an ``("error", ...)`` result.
+
+The agent imports this module too, for the framing (:func:`send`, :func:`recv`),
+:func:`die_with_parent` and :func:`signal_group`.
 """
 
+import ctypes  # for prctl: the only way to ask for a parent-death signal from Python
+import marshal
 import os
+import select
 import time
 
 try:
@@ -37,25 +45,28 @@ try:
 except ImportError:  # pragma: no cover - an interpreter without it
     import signal
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not Unix: standby job pipes keep their default size
+    fcntl = None
+
 _PR_SET_PDEATHSIG = 1
 _HEADER = 4
-_prctl = None
 
 
 def _load_prctl():
-    """libc's prctl, loaded before any fork so that a child only has to call it."""
-    global _prctl
-    if _prctl is None:
-        try:
-            import ctypes
+    """libc's prctl, or None where there is none (not Linux: no parent-death signal)."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    fn.restype = ctypes.c_int
+    return fn
 
-            fn = ctypes.CDLL(None, use_errno=True).prctl
-            fn.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-            fn.restype = ctypes.c_int
-            _prctl = fn
-        except (OSError, AttributeError):  # not Linux: no parent-death signal to ask for
-            return None
-    return _prctl
+
+# Loaded before any fork, so that a forked child only has to call it.
+_PRCTL = _load_prctl()
 
 
 def die_with_parent(expected_parent):
@@ -66,9 +77,8 @@ def die_with_parent(expected_parent):
     handed us to another process. ``expected_parent`` None skips the check (the forkserver
     start method, where the parent is not the agent).
     """
-    prctl = _load_prctl()
-    if prctl is not None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if expected_parent is not None and os.getppid() != expected_parent:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -78,8 +88,6 @@ def die_with_parent(expected_parent):
 
 def send(fd, message):
     """Write one framed message; blocks until all of it is in the pipe."""
-    import marshal
-
     data = marshal.dumps(message)
     view = memoryview(len(data).to_bytes(_HEADER, "big") + data)
     while view:
@@ -99,8 +107,6 @@ def _read_exact(fd, size):
 
 def recv(fd):
     """Read one framed message; EOFError when the other end has closed."""
-    import marshal
-
     size = int.from_bytes(_read_exact(fd, _HEADER), "big")
     return marshal.loads(_read_exact(fd, size)) if size else None
 
@@ -116,7 +122,7 @@ def describe_error(exc):
 # ---- the children ------------------------------------------------------------------------------
 
 
-def _signal_group(pid, sig):
+def signal_group(pid, sig):
     """Signal the child's whole process group; the child alone if it has no group yet."""
     try:
         os.killpg(pid, sig)
@@ -235,11 +241,9 @@ class Spawner:
         for request in requests:
             job_r, job_w = os.pipe()
             try:
-                import fcntl
-
                 # Room for the whole job, so that handing it over never blocks this loop.
                 fcntl.fcntl(job_w, fcntl.F_SETPIPE_SZ, 1 << 20)
-            except (ImportError, AttributeError, OSError):
+            except (AttributeError, OSError):  # no fcntl, no F_SETPIPE_SZ, or not allowed
                 pass
             os.set_blocking(job_w, False)
             pipes.append((job_r, job_w))
@@ -255,8 +259,6 @@ class Spawner:
         return results
 
     def _hand_job(self, pid, job):
-        import marshal
-
         job_w = self.standby_pipes.pop(pid, None)
         if job_w is None:
             return False
@@ -268,7 +270,7 @@ class Spawner:
         os.close(job_w)
         if written == len(data):
             return True
-        _signal_group(pid, signal.SIGKILL)  # half a job is no job
+        signal_group(pid, signal.SIGKILL)  # half a job is no job
         return False
 
     def dismiss(self, pid):
@@ -294,7 +296,7 @@ class Spawner:
         for pid in list(self.standby_pipes):
             self.dismiss(pid)
         for pid in self.children:
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
 
 
 def main(agent_pid, request_fd, reply_fd):
@@ -303,8 +305,6 @@ def main(agent_pid, request_fd, reply_fd):
     # Passed in by the agent, so inheritable: no worker may hold the agent's pipes open.
     os.set_inheritable(request_fd, False)
     os.set_inheritable(reply_fd, False)
-    import select
-
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)

@@ -1,0 +1,96 @@
+"""The boot of a standby interpreter: wait for a job, then become that worker.
+
+A standby runs as ``python <the worker's flags> -c LOADER <this file> <job fd> <display...>``
+(see ``standby.standby_argv``; the display arguments are there only so that ps shows what the
+standby is for). LOADER runs this module from its cached bytecode in a namespace of its own,
+never as ``agent.processes.standby_boot``: the worker must find neither our package in
+``sys.modules`` nor anything else a plain ``python script.py`` would not have. So this module
+imports nothing of ours, and only what the interpreter has loaded at start-up anyway.
+
+It reads its job from the pipe (a marshal'd dict, see ``standby.standby_job``), becomes the
+worker (cwd, environment, log files, argv, ``sys.path[0]``) and runs the program in a clean
+``__main__`` laid out as ``python script.py`` or ``python -m module`` lays it out. EOF without
+a job means "not needed": it exits quietly.
+"""
+
+import marshal
+import os
+import sys
+
+# The argument that holds the job fd: sys.argv is ["-c", <this file>, <job fd>, ...].
+_JOB_FD_ARG = 2
+
+
+def main():
+    job = _read_job(int(sys.argv[_JOB_FD_ARG]))
+    if job is None:
+        os._exit(0)
+    _become_worker(job)
+    namespace = _fresh_main_namespace()
+    if job["module"]:
+        _run_module(job)  # runpy fills the emptied __main__ itself
+    else:
+        _run_script(job, namespace)
+
+
+def _read_job(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return marshal.loads(b"".join(chunks)) if chunks else None
+
+
+def _become_worker(job):
+    """The worker's cwd, environment and standard streams, as a cold start would have them."""
+    os.chdir(job["cwd"])
+    os.environ.clear()
+    os.environ.update(job["env"])
+    for fd, path, stream in ((1, job["stdout"], sys.stdout), (2, job["stderr"], sys.stderr)):
+        if path:
+            stream.flush()
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(target, fd)
+            os.close(target)
+    if job["stdout"]:
+        # Started on the agent's stream; a file (or a terminal) buffers as it would at start-up.
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))
+
+
+def _fresh_main_namespace():
+    """``__main__``'s namespace emptied to what an interpreter starts a program with."""
+    namespace = sys.modules["__main__"].__dict__
+    builtins = namespace["__builtins__"]
+    namespace.clear()
+    namespace.update(__name__="__main__", __doc__=None, __package__=None, __spec__=None,
+                     __annotations__={}, __builtins__=builtins)
+    return namespace
+
+
+def _run_module(job):
+    # Only ``-m`` loads runpy, as only ``python -m`` does.
+    import runpy
+
+    if not sys.flags.safe_path:
+        sys.path[0] = os.getcwd()
+    sys.argv[:] = ["-m", *job["args"]]
+    # The entry the interpreter itself calls for ``python -m``: it runs the module in the real
+    # __main__ and sets argv[0] to the module's file. The public run_module would run it in a
+    # temporary module instead, which a worker could tell apart.
+    runpy._run_module_as_main(job["module"], alter_argv=True)
+
+
+def _run_script(job, namespace):
+    script = job["script"]
+    if not sys.flags.safe_path:
+        sys.path[0] = os.path.dirname(os.path.realpath(script))
+    sys.argv[:] = [script, *job["args"]]
+    loaders = sys.modules["_frozen_importlib_external"]
+    namespace.update(__file__=script, __cached__=None,
+                     __loader__=loaders.SourceFileLoader("__main__", script))
+    with open(script, "rb") as f:
+        source = f.read()
+    exec(compile(source, script, "exec", dont_inherit=True), namespace)

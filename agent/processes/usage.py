@@ -1,0 +1,34 @@
+"""A process's resource usage (CPU time, resident memory), read from ``/proc``."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["read_usage"]
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PF_EXITING = 0x4  # the kernel's per-task flag: in exit, tearing down
+
+
+def read_usage(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, resident bytes) of ``pid`` from /proc; None if it is gone or exiting.
+
+    A worker that has exited but is not reaped yet still has a /proc entry, with no memory:
+    reporting its 0 bytes would overwrite the worker's last real sample. The same holds a
+    moment earlier, while the kernel tears the exiting process down: its memory is already
+    released (0 pages) but it is not a zombie yet.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; fields resume after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # zombie or dead: exited, not yet reaped
+        return None
+    flags, utime, stime, rss_pages = int(fields[6]), int(fields[11]), int(fields[12]), int(fields[21])
+    if flags & _PF_EXITING or not rss_pages:  # exiting: its memory is gone or going
+        return None
+    return (utime + stime) / _CLOCK_TICKS, rss_pages * _PAGE_SIZE
