@@ -4,9 +4,13 @@ A drop-in for ``torch.distributed.elastic.agent.server.api``: the same public na
 fields, defaults and method signatures, and the same steps in the same order. Where torch's
 agent records an event or puts a metric, this one does too, through the module-level names
 ``record`` and ``put_metric`` (patch ``agent.api.record`` / ``agent.api.put_metric`` to
-intercept them). Everything Elastiscope adds (state changes, restart reasons, rendezvous
-results, spans) travels on a separate path, ``telemetry.emit`` and ``telemetry.tracing``, so a
-test that counts torch's calls sees torch's counts.
+intercept them). Everything Elastiscope adds lives in modules of its own and is only called
+from here: its events (``agent.run_events``: run start/end, restarts and their reasons, state
+changes, rendezvous results) travel on ``telemetry.emit``, apart from torch's calls, so a test
+that counts torch's calls sees torch's counts; spans come from ``telemetry.tracing``; metrics
+take the path ``agent.torchelastic_metrics`` documents; the exit barrier is
+``agent.exit_barrier``; the patches to torch (``agent.torch_patches``) go in when an agent is
+constructed.
 
 Rendezvous, stores, ``ProcessFailure`` and ``SignalException`` are torch's own.
 """
@@ -20,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 import traceback
 import warnings
@@ -30,10 +33,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
-from telemetry import tracing
-from telemetry.events import Event, EventSource, emit, record
-from telemetry.pipeline import publish_metric as _pipeline_publish_metric
-from telemetry.torch_bridge import deliver_to_torch_handler
+from agent import run_events, torch_patches, torchelastic_metrics
+from agent.exit_barrier import barrier_between_agents
+from agent.hostname import fq_hostname
+from agent.run_events import program_name as _program_name  # noqa: F401  (old home; tests/test_program_name.py)
+from telemetry import names, tracing
+from telemetry.events import Event, EventSource, record
 
 if TYPE_CHECKING:
     import torch.distributed.elastic.rendezvous as rdzv
@@ -67,26 +72,16 @@ def __getattr__(name: str) -> Any:
 
 def put_metric(metric_name: str, metric_value: Any, metric_group: str = "torchelastic") -> None:
     """torch's ``put_metric`` as the agent uses it: into Elastiscope's pipeline, and on to any
-    handler configured on torch's metric stream (where torch's agent would have sent it)."""
-    _publish_metric(metric_name, metric_value, metric_group)
-
-
-def _publish_metric(name: str, value: Any, group: str = "torchelastic") -> None:
-    # The run loop publishes four points per monitor pass (two put_metric calls and the
-    # @prof pair of _monitor_workers), ten times a second, nearly all repeats: the
-    # pipeline's publish_metric skips a repeat without building a record.
-    _pipeline_publish_metric(group, name, value)
-    deliver_to_torch_handler(name, value, group)
+    handler configured on torch's metric stream (see ``agent.torchelastic_metrics``)."""
+    torchelastic_metrics.publish(metric_name, metric_value, metric_group)
 
 
 def prof(fn: Callable) -> Callable:
     """torch's ``@prof``: ``<Class>.<method>.success`` / ``.failure`` / ``.duration.ms``.
 
-    Where torch's decorator publishes to torch's metric stream, this one publishes to the
-    pipeline and hands each point to the handler configured on torch's stream (with
-    ``torch.distributed.elastic.metrics.configure``), so that handler sees torch's names,
-    and Elastiscope's tap on the stream does not relay them a second time. Not through the
-    patchable ``put_metric`` of this module: torch's agent does not count these there either.
+    Published as torch's decorator does, on the path of ``agent.torchelastic_metrics``: the
+    handler configured on torch's stream sees torch's names. Not through the patchable
+    ``put_metric`` of this module: torch's agent does not count these there either.
     """
     key = fn.__qualname__
     success, failure, duration = f"{key}.success", f"{key}.failure", f"{key}.duration.ms"
@@ -96,12 +91,12 @@ def prof(fn: Callable) -> Callable:
         started = time.time()
         try:
             value = fn(*args, **kwargs)
-            _publish_metric(success, 1)
+            torchelastic_metrics.publish(success, 1)
         except Exception:
-            _publish_metric(failure, 1)
+            torchelastic_metrics.publish(failure, 1)
             raise
         finally:
-            _publish_metric(duration, int((time.time() - started) * 1000))
+            torchelastic_metrics.publish(duration, int((time.time() - started) * 1000))
         return value
 
     return wrapper
@@ -273,7 +268,7 @@ class WorkerGroup:
         old = self._state
         self._state = new
         if old != new:
-            _emit_state_change(self, old, new)
+            run_events.state_change(self, old, new)
 
 
 class _RoleInstanceInfo:
@@ -333,7 +328,7 @@ class RunResult:
 
 
 def _get_fq_hostname() -> str:
-    return socket.getfqdn(socket.gethostname())
+    return fq_hostname()
 
 
 class ElasticAgent(abc.ABC):
@@ -380,6 +375,7 @@ class SimpleElasticAgent(ElasticAgent):
         self._shutdown_timeout = shutdown_timeout
         self._total_execution_time = 0
         self._in_exit_barrier: bool = False
+        torch_patches.apply()
 
     def get_worker_group(self, role: str = DEFAULT_ROLE) -> WorkerGroup:
         return self._worker_group
@@ -454,15 +450,7 @@ class SimpleElasticAgent(ElasticAgent):
             [w.global_rank for w in workers], [w.role_rank for w in workers],
             workers[0].world_size if workers else None,
         )
-        self._emit(
-            "elastiscope.rendezvous.complete",
-            group_world_size=group_world_size,
-            world_size=workers[0].world_size if workers else 0,
-            previous_world_size=previous_world_size,
-            master_addr=str(master_addr),
-            master_port=master_port,
-            restart_count=restart_count,
-        )
+        run_events.rendezvous_complete(worker_group, previous_world_size, restart_count)
 
     @prof
     def _assign_worker_ranks(
@@ -568,9 +556,9 @@ class SimpleElasticAgent(ElasticAgent):
         from torch.distributed.elastic.rendezvous import RendezvousGracefulExitError
 
         started = time.monotonic()
-        outcome = "ERROR"
+        outcome = run_events.OUTCOME_ERROR
         shutdown_done = False
-        self._emit_run_start()
+        run_events.run_start(self._worker_group)
         try:
             with tracing.span("run", role=self._worker_group.spec.role):
                 result = self._invoke_run(role)
@@ -580,10 +568,10 @@ class SimpleElasticAgent(ElasticAgent):
             outcome = result.state.value
             return result
         except RendezvousGracefulExitError as e:
-            outcome = "GRACEFUL_EXIT"
+            outcome = run_events.OUTCOME_GRACEFUL_EXIT
             logger.info("rendezvous closed gracefully: %s", e)
         except SignalException as e:
-            outcome = "SIGNALED"
+            outcome = run_events.OUTCOME_SIGNALED
             logger.warning("received %s, shutting down workers", e.sigval)
             self._shutdown(e.sigval)
             shutdown_done = True
@@ -593,7 +581,9 @@ class SimpleElasticAgent(ElasticAgent):
                 self._shutdown()
             # Also set on errors, so the final events carry the real duration.
             self._total_execution_time = int(time.monotonic() - started)
-            self._emit_run_end(outcome)
+            run_events.run_end(
+                self._worker_group, outcome, self._total_execution_time, self._remaining_restarts
+            )
 
     def get_event_failed(self) -> Event:
         return self._construct_event(
@@ -641,8 +631,11 @@ class SimpleElasticAgent(ElasticAgent):
                         role, state.name, self._remaining_restarts, spec.max_restarts,
                     )
                     self._remaining_restarts -= 1
-                    self._emit_restart("failure", run_result=run_result)
-                    with tracing.span("restart", role=role, reason="failure"):
+                    run_events.restart(
+                        self._worker_group, names.RESTART_FAILURE, self._remaining_restarts,
+                        failed_ranks=run_result.failures.keys(),
+                    )
+                    with tracing.span("restart", role=role, reason=names.RESTART_FAILURE):
                         self._restart_workers(self._worker_group)
                 else:
                     with tracing.span("stop_workers", role=role):
@@ -658,8 +651,11 @@ class SimpleElasticAgent(ElasticAgent):
                         "[%s] %s node(s) waiting to join (group_rank=%s); restarting worker group",
                         role, waiting, self._worker_group.group_rank,
                     )
-                    self._emit_restart("membership", nodes_waiting=waiting)
-                    with tracing.span("restart", role=role, reason="membership"):
+                    run_events.restart(
+                        self._worker_group, names.RESTART_MEMBERSHIP, self._remaining_restarts,
+                        nodes_waiting=waiting,
+                    )
+                    with tracing.span("restart", role=role, reason=names.RESTART_MEMBERSHIP):
                         self._restart_workers(self._worker_group)
             else:
                 raise Exception(f"[{role}] Worker group in {state.name} state")  # noqa: TRY002
@@ -689,7 +685,7 @@ class SimpleElasticAgent(ElasticAgent):
         self._in_exit_barrier = True
         try:
             with tracing.span("exit_barrier", role=self._worker_group.spec.role):
-                _barrier_between_agents(
+                barrier_between_agents(
                     store=self._store,
                     world_size=self._worker_group.group_world_size,
                     key_prefix=_TERMINAL_STATE_SYNC_ID,
@@ -787,7 +783,7 @@ class SimpleElasticAgent(ElasticAgent):
             "agent_restarts": spec.max_restarts - self._remaining_restarts,
             "duration_ms": duration_ms,
         }
-        return Event(f"torchelastic.worker.status.{state}", source=source, metadata=metadata)
+        return Event(names.torch_status(state), source=source, metadata=metadata)
 
     def _record_metrics(self, group_results: RunResult):
         is_failed = group_results.is_failed()
@@ -813,159 +809,6 @@ class SimpleElasticAgent(ElasticAgent):
             flakiness = 100.0 - 100.0 * (self._remaining_restarts + 1) / (spec.max_restarts + 1)
         put_metric(f"workers.{spec.role}.flakiness", int(flakiness))
 
-    # ---- Elastiscope's own events (not torch's: they go through telemetry.emit) ---------
-
     def _identity(self) -> dict[str, Any]:
-        """run_id, role, group_rank and rdzv_backend, tolerant of a spec without a handler."""
-        group = self._worker_group
-        spec = group.spec
-        handler = spec.rdzv_handler
-        try:
-            run_id, backend = handler.get_run_id(), handler.get_backend()
-        except Exception:
-            run_id, backend = None, None
-        return {
-            "run_id": run_id,
-            "role": spec.role,
-            "group_rank": group.group_rank,
-            "rdzv_backend": backend,
-            "hostname": _get_fq_hostname(),
-        }
-
-    def _emit(self, name: str, **metadata: Any) -> None:
-        try:
-            md = self._identity()
-            md.update(metadata)
-            emit(Event(name, EventSource.AGENT, metadata=md))
-        except Exception:
-            logger.debug("could not emit %s", name, exc_info=True)
-
-    def _emit_run_start(self) -> None:
-        spec = self._worker_group.spec
-        try:
-            entrypoint = spec.get_entrypoint_name()
-        except Exception:
-            entrypoint = None
-        from telemetry import __version__
-
-        self._emit(
-            "elastiscope.agent.run_start",
-            entry_point=entrypoint,
-            program=_program_name(spec.entrypoint, spec.args),
-            local_world_size=spec.local_world_size,
-            max_restarts=spec.max_restarts,
-            monitor_interval=spec.monitor_interval,
-            version=__version__,
-            pid=os.getpid(),
-        )
-
-    def _emit_run_end(self, outcome: str) -> None:
-        spec = self._worker_group.spec
-        self._emit(
-            "elastiscope.agent.run_end",
-            state=outcome,
-            total_run_time=self._total_execution_time,
-            agent_restarts=spec.max_restarts - self._remaining_restarts,
-            remaining_restarts=self._remaining_restarts,
-        )
-
-    def _emit_restart(self, reason: str, run_result: RunResult | None = None, nodes_waiting: int = 0):
-        spec = self._worker_group.spec
-        failed_ranks = sorted(run_result.failures) if run_result is not None else []
-        self._emit(
-            "elastiscope.agent.restart",
-            reason=reason,
-            remaining_restarts=self._remaining_restarts,
-            max_restarts=spec.max_restarts,
-            agent_restarts=spec.max_restarts - self._remaining_restarts,
-            nodes_waiting=nodes_waiting,
-            failed_ranks=json.dumps(failed_ranks),
-        )
-
-
-# Interpreter options that take a value as the next argument (python --help).
-_PYTHON_OPTIONS_WITH_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
-
-
-def _program_name(entrypoint: Any, args: tuple) -> str | None:
-    """What the workers run, for a person reading a timeline: a Python worker's script (or
-    ``-m module``), another program's name, a callable's qualified name. Never the arguments,
-    which can hold anything."""
-    try:
-        if not isinstance(entrypoint, str):
-            return getattr(entrypoint, "__qualname__", None) or getattr(entrypoint, "__name__", None)
-        name = os.path.basename(entrypoint)
-        if not name.startswith("python"):
-            return name
-        rest = [str(a) for a in args]
-        while rest:
-            arg = rest.pop(0)
-            if arg in ("-m", "-c") or (arg[:2] in ("-m", "-c") and len(arg) > 2):
-                module = arg[2:] or (rest[0] if rest else "")
-                return f"-m {module}" if arg.startswith("-m") else "-c"
-            if arg in _PYTHON_OPTIONS_WITH_VALUE:
-                rest = rest[1:]
-            elif arg == "-" or not arg.startswith("-"):
-                return arg
-        return name
-    except Exception:
-        return None
-
-
-def _barrier_between_agents(
-    store, world_size: int, key_prefix: str, barrier_timeout: float, poll_interval: float = 0.05,
-    departure_timeout: float = 5.0,
-) -> None:
-    """torch's agent barrier (``store_util.barrier``: same keys, so mixed agents still meet),
-    waiting in Python instead of in ``store.wait``, then waiting for every agent to leave it.
-
-    ``store.wait`` blocks in C++, where Python runs no signal handler: a SIGTERM sent to an
-    agent in the exit barrier took effect only when the barrier ended, up to
-    ``exit_barrier_timeout`` (300 s) later. Between short polls the handler runs at once.
-
-    Polling has a window torch's push-notified wait barely has: the last agent to arrive can
-    see the barrier done and exit before the others' next poll; if it hosts the store, their
-    poll then fails and so does their barrier. So, once through, each agent counts itself out
-    and waits (briefly, ``departure_timeout`` at most) until all have: the store's host stays
-    until every agent has seen the barrier complete. Anything going wrong after the barrier
-    completed is not the barrier's failure and is ignored.
-    """
-    last_member_key = f"{key_prefix}/last_member"
-    if store.add(f"{key_prefix}/num_members", 1) == world_size:
-        store.set(last_member_key, "<val_ignored>")
-    deadline = time.monotonic() + barrier_timeout
-    while not store.check([last_member_key]):
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"exit barrier: not every agent arrived within {barrier_timeout}s")
-        time.sleep(poll_interval)
-    all_left_key = f"{key_prefix}/all_departed"
-    try:
-        if store.add(f"{key_prefix}/num_departed", 1) >= world_size:
-            store.set(all_left_key, "<val_ignored>")
-            return
-        leave_by = time.monotonic() + departure_timeout
-        while not store.check([all_left_key]) and time.monotonic() < leave_by:
-            time.sleep(min(poll_interval, 0.01))
-    except Exception:
-        logger.debug("exit barrier: could not wait for the other agents to leave", exc_info=True)
-
-
-def _emit_state_change(group: WorkerGroup, old: WorkerState, new: WorkerState) -> None:
-    try:
-        handler = group.spec.rdzv_handler
-        run_id = handler.get_run_id() if handler is not None else None
-        emit(
-            Event(
-                "elastiscope.agent.state_change",
-                EventSource.AGENT,
-                metadata={
-                    "run_id": run_id,
-                    "role": group.spec.role,
-                    "group_rank": group.group_rank,
-                    "state": getattr(new, "value", str(new)),
-                    "previous_state": getattr(old, "value", str(old)),
-                },
-            )
-        )
-    except Exception:
-        logger.debug("could not emit a state change", exc_info=True)
+        """Who this agent is on its events (``agent.run_events.identity``); agent.local uses it."""
+        return run_events.identity(self._worker_group)

@@ -620,7 +620,8 @@ def test_agent_metrics_reach_a_handler_configured_on_torchs_stream():
     with or without Elastiscope's tap on torch's stream, and our pipeline sees each once."""
     import torch.distributed.elastic.metrics as torch_metrics
 
-    from telemetry import Pipeline, Sink, set_pipeline, torch_bridge
+    from agent import torch_patches
+    from telemetry import Pipeline, Sink, set_pipeline
 
     class Points(Sink):
         name, synchronous, events = "points", True, False
@@ -641,14 +642,14 @@ def test_agent_metrics_reach_a_handler_configured_on_torchs_stream():
         points = Points()
         previous = set_pipeline(Pipeline([points]))
         torch_metrics.configure(UserHandler(), "torchelastic")
-        if tapped:
-            torch_bridge.install()
         try:
             api = importlib.import_module(OURS)
-            agent = agent_class(api)(make_spec(api))
+            agent = agent_class(api)(make_spec(api))  # applies the patches, tap included
+            if not tapped:
+                torch_patches.remove()
             agent._record_metrics(api.RunResult(state=api.WorkerState.SUCCEEDED))
         finally:
-            torch_bridge.uninstall()
+            torch_patches.remove()
             torch_metrics.configure(torch_metrics.NullMetricHandler(), "torchelastic")
             set_pipeline(previous)
         assert "workers.trainer.run_total" in user and "workers.trainer.flakiness" in user

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from agent.api import _barrier_between_agents
+from agent.exit_barrier import barrier_between_agents
 from helpers.polling import wait_until
 
 
@@ -21,7 +21,7 @@ def test_the_last_agent_waits_until_the_others_have_seen_the_barrier_complete():
         try:
             # Arrives first and polls slowly: the window in which a host that left at once
             # would take the store away before this agent saw the barrier complete.
-            _barrier_between_agents(early_store, 2, "barrier", barrier_timeout=30, poll_interval=0.5)
+            barrier_between_agents(early_store, 2, "barrier", barrier_timeout=30, poll_interval=0.5)
             outcome.append("passed")
         except Exception as e:  # pragma: no cover - the failure being tested for
             outcome.append(e)
@@ -29,7 +29,7 @@ def test_the_last_agent_waits_until_the_others_have_seen_the_barrier_complete():
     t = threading.Thread(target=early_agent)
     t.start()
     wait_until(lambda: host.add("barrier/num_members", 0) == 1, 10, "the early agent to arrive")
-    _barrier_between_agents(host, 2, "barrier", barrier_timeout=30)
+    barrier_between_agents(host, 2, "barrier", barrier_timeout=30)
     del host  # the host agent exits: its store goes with it
     gc.collect()
     t.join(30)
@@ -39,7 +39,7 @@ def test_the_last_agent_waits_until_the_others_have_seen_the_barrier_complete():
 def test_a_missing_agent_still_times_the_barrier_out():
     store = dist.TCPStore("127.0.0.1", 0, 1, True)
     try:
-        _barrier_between_agents(store, 2, "lonely", barrier_timeout=0.2, poll_interval=0.05)
+        barrier_between_agents(store, 2, "lonely", barrier_timeout=0.2, poll_interval=0.05)
     except TimeoutError as e:
         assert "0.2" in str(e)
     else:
@@ -50,5 +50,5 @@ def test_an_agent_that_never_counts_itself_out_costs_the_departure_timeout_only(
     # e.g. torch's own agent in the same job: it knows the arrival keys, not the departure key.
     store = dist.TCPStore("127.0.0.1", 0, 1, True)
     store.add("mixed/num_members", 1)  # the other agent arrived and will never count itself out
-    _barrier_between_agents(store, 2, "mixed", barrier_timeout=5, departure_timeout=0.2)
+    barrier_between_agents(store, 2, "mixed", barrier_timeout=5, departure_timeout=0.2)
     assert store.add("mixed/num_departed", 0) == 1

@@ -16,6 +16,7 @@ from torch.distributed.elastic.rendezvous import dynamic_rendezvous
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 
 import agent.rendezvous as rendezvous
+from agent import torch_patches
 from agent.api import WorkerSpec, WorkerState
 from agent.local import LocalElasticAgent
 from helpers.local_agent import WORKERS
@@ -27,9 +28,9 @@ JITTER = (0, 0.3)
 @pytest.fixture
 def delays(monkeypatch):
     """Every delay torch's dynamic rendezvous asks for, in order, none of them slept."""
-    assert rendezvous.install()
+    assert torch_patches.apply()
     seen: list = []
-    monkeypatch.setattr(rendezvous, "_torch_delay", seen.append)
+    monkeypatch.setattr(torch_patches.join_jitter_switch(), "original", seen.append)
     return seen
 
 
@@ -96,10 +97,28 @@ def _name_at(lookup, depth):
     return caller_of_record()
 
 
+def test_joining_changes_nothing_until_the_patches_are_applied(monkeypatch):
+    torch_patches.remove()
+    try:
+        assert torch_patches.join_jitter_switch() is None
+        seen: list = []
+        monkeypatch.setattr(dynamic_rendezvous, "_delay", seen.append)
+        handler = c10d_handler()
+        with rendezvous.joining(handler):
+            dynamic_rendezvous._delay(JITTER)
+        assert seen == [JITTER]
+        handler.shutdown()
+    finally:
+        monkeypatch.undo()
+        torch_patches.apply()
+
+
 def test_fast_event_names_are_the_names_inspect_stack_gives():
-    assert rendezvous.install()
-    ours, torchs = dynamic_rendezvous.get_method_name, rendezvous._torch_method_name
-    assert ours is rendezvous._method_name and torchs is not ours
+    assert torch_patches.apply()
+    ours = dynamic_rendezvous.get_method_name
+    assert isinstance(ours, torch_patches.MethodNameLookup)
+    torchs = ours.original
+    assert torchs is not ours and not isinstance(torchs, torch_patches.MethodNameLookup)
     for depth in (1, 2, 3, 4, 10_000):  # 0 would name the lookup function itself
         assert _name_at(ours, depth) == _name_at(torchs, depth), depth
     assert _name_at(ours, 2) == "caller_of_record"
@@ -119,19 +138,17 @@ def test_rendezvous_events_keep_their_method_names(tmp_path):
             if isinstance(record, Event):
                 self.seen.append(record.name)
 
-    from telemetry import torch_bridge
-
     names = Names()
     previous = set_pipeline(Pipeline([names]))
-    bridged = torch_bridge.install()
+    applied = torch_patches.apply()
     try:
         handler = c10d_handler()
         with rendezvous.joining(handler):
             handler.next_rendezvous()
         handler.shutdown()
     finally:
-        if bridged:
-            torch_bridge.uninstall()
+        if applied:
+            torch_patches.remove()
         set_pipeline(previous)
     assert any(n.endswith("DynamicRendezvousHandler.next_rendezvous") for n in names.seen), names.seen
     assert any(n.endswith("_DistributedRendezvousOpExecutor.run") for n in names.seen), names.seen

@@ -1,0 +1,55 @@
+"""The agent's torchelastic metrics: the one path for what torch's agent puts on torch's stream.
+
+There is one path per purpose for a metric data point:
+
+* **The agent's torchelastic metrics** (``workers.<role>.*`` from ``agent.api.put_metric``, and
+  the ``<Class>.<method>.success/failure/duration.ms`` timings of ``agent.api.prof``):
+  :func:`publish` here. The point goes into the pipeline, and to the handler configured on
+  torch's metric stream (``torch.distributed.elastic.metrics.configure``), which is where torch's
+  agent would have sent it. If that handler is our tap on torch's stream, the one behind the tap
+  gets the point instead: the pipeline already has it.
+* **Elastiscope's own metrics** (worker resource usage and the like): ``telemetry.events.put_metric``,
+  into the pipeline only; torch's stream never carried them.
+* **Whatever else calls torch's own ``put_metric``**: torch's stream, which ``agent.torch_patches``
+  taps into the pipeline.
+
+torch is never imported here: if torch's metrics module was never loaded, nobody can have
+configured a handler on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+from agent.torch_patches import handler_behind_tap
+from telemetry.pipeline import publish_metric as publish_to_pipeline
+
+__all__ = ["publish", "TORCHELASTIC_GROUP"]
+
+TORCHELASTIC_GROUP = "torchelastic"
+
+logger = logging.getLogger(__name__)
+
+
+def publish(name: str, value: Any, group: str = TORCHELASTIC_GROUP) -> None:
+    """One of the agent's torchelastic data points: into the pipeline and torch's handler. Never raises."""
+    # The run loop publishes four points per monitor pass, ten times a second, nearly all
+    # repeats: the pipeline's publish_metric is the path that can skip a repeat cheaply.
+    publish_to_pipeline(group, name, value)
+    _deliver_to_torch_handler(name, value, group)
+
+
+def _deliver_to_torch_handler(name: str, value: Any, group: str) -> None:
+    torch_metrics = sys.modules.get("torch.distributed.elastic.metrics.api")
+    if torch_metrics is None:  # torch's metrics never imported: nobody can have configured one
+        return
+    try:
+        handler = handler_behind_tap(torch_metrics.getStream(group).handler)
+        if handler is None or isinstance(handler, torch_metrics.NullMetricHandler):
+            return
+        handler.emit(torch_metrics.MetricData(time.time(), group, name, value))
+    except Exception:
+        logger.debug("torch metric handler failed", exc_info=True)
