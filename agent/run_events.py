@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from agent.hostname import fq_hostname
+from agent.python_cmdline import parse_python_args
 from telemetry import __version__, names
 from telemetry.events import emit
 from telemetry.records import Event, EventSource
@@ -164,10 +165,6 @@ def state_change(group: WorkerGroup, old: WorkerState, new: WorkerState) -> None
         logger.debug("could not emit a state change", exc_info=True)
 
 
-# Interpreter options that take a value as the next argument (python --help).
-_PYTHON_OPTIONS_WITH_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
-
-
 def program_name(entrypoint: Any, args: tuple) -> str | None:
     """What the workers run, for a person reading a timeline: a Python worker's script (or
     ``-m module``), another program's name, a callable's qualified name. Never the arguments,
@@ -178,16 +175,6 @@ def program_name(entrypoint: Any, args: tuple) -> str | None:
         name = os.path.basename(entrypoint)
         if not name.startswith("python"):
             return name
-        rest = [str(a) for a in args]
-        while rest:
-            arg = rest.pop(0)
-            if arg in ("-m", "-c") or (arg[:2] in ("-m", "-c") and len(arg) > 2):
-                module = arg[2:] or (rest[0] if rest else "")
-                return f"-m {module}" if arg.startswith("-m") else "-c"
-            if arg in _PYTHON_OPTIONS_WITH_VALUE:
-                rest = rest[1:]
-            elif arg == "-" or not arg.startswith("-"):
-                return arg
-        return name
+        return parse_python_args(args).label or name
     except Exception:
         return None
