@@ -5,10 +5,12 @@ OpenTelemetry exporters, the HTTP server) load only when configured.
 """
 
 from telemetry.config import ConfigError, configure, shutdown
-from telemetry.events import Event, EventSource, emit, record
-from telemetry.pipeline import Pipeline, Sink, SinkStats, get_pipeline, set_pipeline
-from telemetry.events import put_metric
-from telemetry.records import MetricPoint
+from telemetry.delivery import SinkStats
+from telemetry.events import emit, put_metric, record
+from telemetry.pipeline import Pipeline
+from telemetry.records import Event, EventSource, MetricPoint
+from telemetry.sink import Sink
+from telemetry.state import get_pipeline, set_pipeline
 
 __version__ = "0.1.0"
 

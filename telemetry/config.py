@@ -1,8 +1,9 @@
 """``configure()``: the one place that turns settings into a running telemetry pipeline.
 
-Settings come from code (keyword arguments), from CLI flags (``add_arguments`` /
-``settings_from_args`` give every launcher the same flags), or from the environment; an
-argument left as None falls back to its ELASTISCOPE_* variable:
+This is the composition root: the one module that knows the concrete sinks, picks them from the
+settings, and records what it set up in ``telemetry.state``. Settings come from code (keyword
+arguments) or from the environment; an argument left as None falls back to its ELASTISCOPE_*
+variable:
 
     ELASTISCOPE_EVENT_LOG          file, or directory (existing, or ending in "/") for <dir>/<run_id>.jsonl
     ELASTISCOPE_LOG_FORMAT         auto | json | console
@@ -18,15 +19,24 @@ Bad settings raise ``ConfigError`` with a one-line message naming the setting.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlparse
 
-from telemetry.pipeline import DEFAULT_QUEUE_SIZE, Pipeline, Sink, get_pipeline, set_pipeline
+from telemetry import logs, state
+from telemetry.delivery import DEFAULT_QUEUE_SIZE
+from telemetry.pipeline import Pipeline, Sink
+from telemetry.sinks import console
+from telemetry.sinks.jsonl import JsonlEventSink
+from telemetry.sinks.pushgateway import PushgatewaySink
 
-__all__ = ["ConfigError", "TelemetrySettings", "resolve_settings", "configure", "shutdown",
-           "add_arguments", "settings_from_args"]
+__all__ = ["ConfigError", "TelemetrySettings", "resolve_settings", "configure", "shutdown", "render_metrics"]
+
+# What ``record(event, "console")`` and ``record(event, "framework_logger")`` add, in every
+# process (torch's handler names).
+state.set_builtin_destinations(console.DESTINATIONS)
 
 
 class ConfigError(ValueError):
@@ -154,10 +164,6 @@ def resolve_settings(
     )
 
 
-# What the last configure() set up beyond the pipeline, for shutdown().
-_active: dict[str, Any] = {}
-
-
 def configure(
     *,
     event_log: str | os.PathLike | None = None,
@@ -176,90 +182,96 @@ def configure(
 ) -> Pipeline:
     """Install a new process-wide pipeline built from these settings and return it.
 
-    Sinks: the memory ring (kept from the previous pipeline, so /events keeps its history),
-    the log-context binder, Prometheus (unless ``prometheus=False``), the JSONL event log (if a
-    path is set), OpenTelemetry spans and logs (if an endpoint or console exporter is set), the
-    structlog event printer (``console_events``), the pushgateway, and ``extra_sinks``. torch's
-    metric handler and rendezvous events are bridged in (``bridge_torch``). The previous
-    pipeline is flushed and closed. Exit paths (atexit, SIGTERM) flush and close the new one.
+    Sinks: the process's event ring (``telemetry.state.event_ring``, so /events keeps its
+    history), the log-context binder, Prometheus (unless ``prometheus=False``), the JSONL event
+    log (if a path is set), OpenTelemetry spans and logs (if an endpoint or console exporter is
+    set), the structlog event printer (``console_events``), the pushgateway, and
+    ``extra_sinks``. /metrics renders the registry of the Prometheus sink that ends up attached
+    (ours or one in ``extra_sinks``). The previous pipeline is flushed and closed. Exit paths
+    (atexit, SIGTERM) flush and close the new one.
+
+    ``bridge_torch`` is accepted for callers written before torch's telemetry was bridged by
+    the agent itself (``agent.torch_patches``, applied when an agent is built); it has no effect.
     """
     settings = resolve_settings(
         event_log=event_log, log_format=log_format, prometheus=prometheus, otlp_endpoint=otlp_endpoint,
         pushgateway=pushgateway, run_id=run_id, role=role, console_events=console_events, env=env,
     )
-    from telemetry import logs
-    from telemetry.pipeline import install_exit_handlers, on_exit
-    from telemetry.sinks.console import LogContextSink, StructlogEventSink
-    from telemetry.sinks.memory import MemorySink
-
-    previous = get_pipeline()
-    memory = previous.find("memory") if not previous.closed else None
-    sinks: list[Sink] = [memory if isinstance(memory, MemorySink) else MemorySink(), LogContextSink()]
-    tracing_handle = None
-    try:
-        if settings.prometheus:
-            from telemetry import metrics
-            from telemetry.sinks.prometheus import PrometheusSink
-
-            prom = PrometheusSink(metrics.AgentMetrics(), role=role)
-            metrics.set_current(prom.metrics)
-            sinks.append(prom)
-        if settings.event_log is not None:
-            from telemetry.sinks.jsonl import JsonlEventSink
-
-            try:
-                if settings.event_log_is_directory:
-                    sinks.append(JsonlEventSink(directory=settings.event_log, run_id=run_id))
-                else:
-                    sinks.append(JsonlEventSink(settings.event_log))
-            except OSError as e:
-                raise ConfigError(f"event log {settings.event_log}: {e.strerror or e}") from None
-        if settings.otel:
-            from telemetry.sinks.otel import setup_otel
-
-            tracing_handle = setup_otel(settings)
-            sinks.append(tracing_handle.log_sink)
-        if settings.console_events:
-            sinks.append(StructlogEventSink())
-        if settings.pushgateway and settings.prometheus:
-            from telemetry.sinks.pushgateway import PushgatewaySink
-
-            sinks.append(PushgatewaySink(settings.pushgateway, run_id=run_id))
-        sinks.extend(extra_sinks)
-    except ConfigError:
-        if tracing_handle is not None:
-            tracing_handle.shutdown(1.0)
-        raise
-
+    pipeline = Pipeline(queue_size=settings.queue_size)
+    sinks, tracing_handle = _sinks_for(settings, pipeline, extra_sinks)
     try:
         logs.configure_logging(settings.log_format, stream=log_stream, run_id=run_id, role=role)
     except ValueError as e:  # cannot happen after resolve_settings, but keep the contract
         raise ConfigError(str(e)) from None
 
-    pipeline = Pipeline(sinks, queue_size=settings.queue_size)
+    for sink in sinks:
+        pipeline.add_sink(sink)
     if tracing_handle is not None:
         pipeline.stamp = tracing_handle.stamp
-    old_handle = _active.get("tracing")
-    set_pipeline(pipeline)
-    if previous is not pipeline:
-        previous.close(timeout=1.0)
-    if old_handle is not None and old_handle is not tracing_handle:
-        old_handle.shutdown(1.0)
-    _active.clear()
-    _active.update(settings=settings, tracing=tracing_handle)
-
-    if bridge_torch:
-        from telemetry import torch_bridge
-
-        torch_bridge.install()
-    on_exit(_shutdown_extras)
+    _install(pipeline, settings, tracing_handle)
     if exit_handlers:
-        install_exit_handlers()
+        state.install_exit_handlers()
     return pipeline
 
 
+def _sinks_for(settings: TelemetrySettings, pipeline: Pipeline,
+               extra_sinks: Iterable[Sink]) -> tuple[list[Sink], Any]:
+    """The sinks the settings ask for, in delivery order, and the tracing handle (or None)."""
+    sinks: list[Sink] = [state.event_ring(), console.LogContextSink()]
+    prometheus = None
+    if settings.prometheus:
+        from telemetry.sinks.prometheus import PrometheusSink  # prometheus_client: heavy, optional
+
+        # Its telemetry-health series count this pipeline's deliveries.
+        prometheus = PrometheusSink(role=settings.role, stats_source=pipeline.stats)
+        sinks.append(prometheus)
+    if settings.event_log is not None:
+        sinks.append(_event_log_sink(settings))
+    tracing_handle = _setup_otel(settings) if settings.otel else None
+    if tracing_handle is not None:
+        sinks.append(tracing_handle.log_sink)
+    if settings.console_events:
+        sinks.append(console.StructlogEventSink())
+    if settings.pushgateway and prometheus is not None:
+        sinks.append(PushgatewaySink(settings.pushgateway, run_id=settings.run_id, registry=prometheus.registry))
+    sinks.extend(extra_sinks)
+    return sinks, tracing_handle
+
+
+def _event_log_sink(settings: TelemetrySettings) -> JsonlEventSink:
+    try:
+        if settings.event_log_is_directory:
+            return JsonlEventSink(directory=settings.event_log, run_id=settings.run_id)
+        return JsonlEventSink(settings.event_log)
+    except OSError as e:
+        raise ConfigError(f"event log {settings.event_log}: {e.strerror or e}") from None
+
+
+def _setup_otel(settings: TelemetrySettings) -> Any:
+    from telemetry.sinks import otel  # opentelemetry: heavy, optional
+
+    try:
+        return otel.setup_otel(settings)
+    except otel.ExporterUnavailable as e:
+        raise ConfigError(str(e)) from None
+
+
+def _install(pipeline: Pipeline, settings: TelemetrySettings, tracing_handle: Any) -> None:
+    """Make ``pipeline`` the process's, close the one before, and remember what was set up."""
+    old_handle = state.configured().get("tracing")
+    previous = state.set_pipeline(pipeline)
+    if previous is not None and previous is not pipeline:
+        previous.close(timeout=1.0)
+    if old_handle is not None and old_handle is not tracing_handle:
+        old_handle.shutdown(1.0)
+    prometheus = pipeline.find("prometheus")
+    state.set_metrics_registry(None if prometheus is None else prometheus.registry)
+    state.set_configured(settings=settings, tracing=tracing_handle)
+    state.on_exit(_shutdown_extras)
+
+
 def _shutdown_extras(timeout: float) -> None:
-    handle = _active.get("tracing")
+    handle = state.configured().get("tracing")
     if handle is not None:
         handle.shutdown(timeout)
 
@@ -270,44 +282,21 @@ def shutdown(timeout: float = 5.0) -> bool:
     Safe to call more than once and from any exit path. Returns False if the deadline passed
     before everything was delivered (what was left is counted as dropped).
     """
-    import time
-
     deadline = time.monotonic() + timeout
-    ok = get_pipeline().close(timeout=timeout)
+    ok = state.get_pipeline().close(timeout=timeout)
     _shutdown_extras(max(0.0, deadline - time.monotonic()))
     return ok
 
 
-# -- CLI -----------------------------------------------------------------------------------
+def render_metrics(accept_header: str | None) -> tuple[bytes, str]:
+    """/metrics: the attached Prometheus sink's registry as (body, content type), OpenMetrics if
+    ``accept_header`` asks for it. Before any is attached, the catalogue's families, empty."""
+    from telemetry.prometheus import exposition  # prometheus_client: heavy, loaded on first scrape
 
-def add_arguments(parser: Any) -> Any:
-    """Add the observability flags to an argparse parser; returns the argument group."""
-    group = parser.add_argument_group("observability")
-    group.add_argument("--event-log", default=None, metavar="PATH",
-                       help="JSON Lines event log: a file, or a directory for <dir>/<run_id>.jsonl "
-                            "(env ELASTISCOPE_EVENT_LOG)")
-    group.add_argument("--log-format", default=None, choices=("auto", "json", "console"),
-                       help="agent log lines: console colours, JSON lines, or auto by terminal "
-                            "(env ELASTISCOPE_LOG_FORMAT)")
-    group.add_argument("--no-prometheus", dest="prometheus", action="store_false",
-                       help="do not keep Prometheus metrics")
-    group.add_argument("--otlp-endpoint", default=None, metavar="URL",
-                       help="send traces and event logs over OTLP/HTTP (env ELASTISCOPE_OTLP_ENDPOINT)")
-    group.add_argument("--pushgateway", default=None, metavar="URL",
-                       help="push metrics to this Prometheus pushgateway at the end of the run "
-                            "(env ELASTISCOPE_PUSHGATEWAY)")
-    group.add_argument("--console-events", action="store_true", default=False,
-                       help="also print every event on the console")
-    return group
+    registry = state.metrics_registry()
+    if registry is None:
+        from telemetry.prometheus.registry import AgentMetrics
 
-
-def settings_from_args(args: Any) -> dict[str, Any]:
-    """configure() keyword arguments from the flags ``add_arguments`` defined."""
-    return {
-        "event_log": args.event_log,
-        "log_format": args.log_format,
-        "prometheus": args.prometheus,
-        "otlp_endpoint": args.otlp_endpoint,
-        "pushgateway": args.pushgateway,
-        "console_events": args.console_events,
-    }
+        registry = AgentMetrics(lambda: state.get_pipeline().stats()).registry
+        state.set_metrics_registry(registry)
+    return exposition.render(registry, accept_header)

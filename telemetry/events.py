@@ -1,4 +1,4 @@
-"""Events: torch-compatible records of what happened, and the two ways to publish them.
+"""Publishing: the functions the agent and user code call to hand records to the pipeline.
 
 An :class:`Event` serializes to the same JSON as ``torch.distributed.elastic.events.Event``
 (``{"name", "source", "timestamp", "metadata"}``), so torch's ``Event.deserialize`` reads
@@ -8,19 +8,20 @@ every line of our event log back. This module never imports torch.
 from __future__ import annotations
 
 import time
+from typing import Any
 
+from telemetry import state
 from telemetry.records import Event, EventMetadataValue, EventSource, MetricPoint, now_ms
 
-__all__ = ["EventSource", "Event", "EventMetadataValue", "record", "emit", "now_ms", "put_metric"]
+__all__ = ["EventSource", "Event", "EventMetadataValue", "record", "emit", "now_ms", "put_metric",
+           "publish_metric", "metadata_scalar"]
 
 
 def emit(event: Event) -> None:
     """Publish an Elastiscope event to every configured sink. Never raises, never blocks."""
     if not event.timestamp:
         event.timestamp = now_ms()
-    from telemetry.pipeline import get_pipeline
-
-    get_pipeline().publish(event)
+    state.get_pipeline().publish(event)
 
 
 def record(event: Event, destination: str = "null") -> None:
@@ -30,17 +31,26 @@ def record(event: Event, destination: str = "null") -> None:
     for torchelastic gets Elastiscope's telemetry for free. ``destination`` names an extra output as
     torch's event handlers do: ``"null"`` adds nothing, ``"console"`` also prints the event's JSON to
     stderr, ``"framework_logger"`` also logs it through the stdlib logger ``torchelastic.events``.
-    See ``telemetry.pipeline.DESTINATIONS`` for the full list.
+    ``telemetry.state.register_destination`` adds names.
     """
     if not event.timestamp:
         event.timestamp = now_ms()
-    from telemetry.pipeline import get_pipeline
-
-    get_pipeline().publish(event, destination)
+    state.get_pipeline().publish(event, destination)
 
 
 def put_metric(metric_name: str, metric_value: float, metric_group: str = "torchelastic") -> None:
     """torch's ``put_metric``: publish one data point to every sink. Never raises, never blocks."""
-    from telemetry.pipeline import get_pipeline
+    state.get_pipeline().publish(MetricPoint(time.time(), metric_group, metric_name, metric_value))
 
-    get_pipeline().publish(MetricPoint(time.time(), metric_group, metric_name, metric_value))
+
+def publish_metric(group: str, name: str, value: Any) -> None:
+    """``put_metric`` with the group first, as the agent's own data points are written."""
+    state.get_pipeline().publish(MetricPoint(time.time(), group, name, value))
+
+
+def metadata_scalar(value: Any) -> EventMetadataValue:
+    """An event metadata value as a scalar every output can carry: None, str, int, float and
+    bool as they are, anything else as its ``str``."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

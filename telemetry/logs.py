@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from typing import Any, TextIO
+
+from telemetry import state
 
 __all__ = ["LOG_FORMATS", "LOGGER_TREES", "configure_logging", "bind", "bound", "resolve_format", "unconfigure_logging"]
 
@@ -22,27 +23,19 @@ LOG_FORMATS = ("auto", "json", "console")
 # Logger trees whose records we render: the agent's modules and our own.
 LOGGER_TREES = ("agent", "elastiscope")
 
-_context: dict[str, Any] = {}
-_context_lock = threading.Lock()
-_handler: logging.Handler | None = None
 
 
 def bind(**values: Any) -> None:
     """Add (or with None, remove) keys on every log line from now on."""
-    with _context_lock:
-        for k, v in values.items():
-            if v is None:
-                _context.pop(k, None)
-            else:
-                _context[k] = v
+    state.bind_log_context(values)
 
 
 def bound() -> dict[str, Any]:
-    return dict(_context)
+    return dict(state.log_context())
 
 
 def _add_bound_context(logger: Any, method: str, event_dict: dict) -> dict:
-    for k, v in list(_context.items()):
+    for k, v in list(state.log_context().items()):
         event_dict.setdefault(k, v)
     return event_dict
 
@@ -105,8 +98,8 @@ def configure_logging(
 
     ``context`` (run_id=..., role=..., group_rank=...) is bound onto every line. The logger
     trees stop propagating to the root logger so a line is not printed twice.
+    ``telemetry.state.reset()`` undoes it.
     """
-    global _handler
     target = stream or sys.stderr
     fmt = resolve_format(log_format, target)
     colors = fmt == "console" and _isatty(target)
@@ -120,21 +113,22 @@ def configure_logging(
         logger.propagate = False
         if logger.level == logging.NOTSET:
             logger.setLevel(level)
-    _handler = handler
+    state.set_log_handler(handler)
+    state.undo_on_reset(unconfigure_logging)
     bind(**context)
     return handler
 
 
 def unconfigure_logging() -> None:
     """Remove our handler and give the logger trees back to the root logger."""
-    global _handler
-    if _handler is None:
+    handler = state.log_handler()
+    if handler is None:
         return
     for name in LOGGER_TREES:
         logger = logging.getLogger(name)
-        logger.removeHandler(_handler)
+        logger.removeHandler(handler)
         logger.propagate = True
-    _handler = None
+    state.set_log_handler(None)
 
 
 def _isatty(stream: TextIO) -> bool:

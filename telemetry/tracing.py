@@ -20,12 +20,12 @@ import contextlib
 import os
 from typing import Any, Callable, ContextManager, Mapping
 
-__all__ = ["span", "traceparent", "set_tracer_hooks", "enabled", "worker_context", "TRACEPARENT_ENV"]
+from telemetry import state
+
+__all__ = ["span", "traceparent", "set_tracer_hooks", "clear_tracer_hooks", "enabled", "worker_context",
+           "TRACEPARENT_ENV"]
 
 TRACEPARENT_ENV = "TRACEPARENT"
-
-_span_factory: Callable[..., ContextManager[Any]] | None = None
-_traceparent_fn: Callable[[], str | None] | None = None
 
 
 def set_tracer_hooks(
@@ -33,12 +33,17 @@ def set_tracer_hooks(
     traceparent_fn: Callable[[], str | None] | None,
 ) -> None:
     """Installed by the OpenTelemetry integration; ``None`` turns tracing back off."""
-    global _span_factory, _traceparent_fn
-    _span_factory, _traceparent_fn = span_factory, traceparent_fn
+    state.set_tracer_hooks(span_factory, traceparent_fn)
+
+
+def clear_tracer_hooks(span_factory: Callable[..., ContextManager[Any]]) -> None:
+    """Turn tracing off if ``span_factory`` is still the installed one (a newer tracer stays)."""
+    if state.span_factory() == span_factory:
+        state.set_tracer_hooks(None, None)
 
 
 def span(name: str, **attributes: Any) -> ContextManager[Any]:
-    factory = _span_factory
+    factory = state.span_factory()
     if factory is None:
         return contextlib.nullcontext()
     try:
@@ -48,7 +53,7 @@ def span(name: str, **attributes: Any) -> ContextManager[Any]:
 
 
 def traceparent() -> str | None:
-    fn = _traceparent_fn
+    fn = state.traceparent_source()
     if fn is None:
         return None
     try:
@@ -59,7 +64,7 @@ def traceparent() -> str | None:
 
 def enabled() -> bool:
     """True when spans are real (OpenTelemetry configured in this process)."""
-    return _span_factory is not None
+    return state.span_factory() is not None
 
 
 def worker_context(env: Mapping[str, str] | None = None) -> Any:

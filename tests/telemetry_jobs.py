@@ -22,11 +22,9 @@ from torch.distributed.elastic.utils.distributed import get_free_port
 
 import pytest
 
-import telemetry
+from agent import torch_patches
 from agent.api import RunResult, SimpleElasticAgent, WorkerSpec, WorkerState
-from telemetry import logs, torch_bridge, tracing
-from telemetry.pipeline import Pipeline, set_pipeline
-from telemetry.sinks.memory import MemorySink
+from telemetry import state, tracing
 
 # Local rank 0 fails (exit 3) while RESTART_COUNT < FAIL_ATTEMPTS; everything else succeeds.
 FLAKY_WORKER = """
@@ -126,27 +124,21 @@ def run_job(fail_attempts: int = 0, max_restarts: int = 1, code: str = FLAKY_WOR
 
 @contextlib.contextmanager
 def telemetry_isolation():
-    """A fresh default pipeline inside; afterwards everything configure() touched is put back."""
-    previous = set_pipeline(Pipeline([MemorySink()]))
-    signals = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    """Fresh telemetry inside; afterwards everything configure() set up is undone, and torch
+    gets back what the agent's patches replaced (an agent applies them when it is built).
+
+    For module-scoped fixtures, which outlive the reset conftest.py makes after each test.
+    """
+    state.reset()
     try:
         yield
     finally:
-        try:
-            telemetry.shutdown(timeout=2.0)
-        finally:
-            set_pipeline(previous)
-            for s, handler in signals.items():
-                signal.signal(s, handler)
-            torch_bridge.uninstall()
-            logs.unconfigure_logging()
-            logs._context.clear()
-            tracing.set_tracer_hooks(None, None)
-            if "telemetry.metrics" in sys.modules:
-                sys.modules["telemetry.metrics"].set_current(None)
+        state.reset()
+        torch_patches.remove()
 
 
 @pytest.fixture
 def isolated_telemetry():
+    """Kept for tests written before conftest.py reset telemetry after every test."""
     with telemetry_isolation():
         yield

@@ -4,7 +4,6 @@ import io
 import json
 import signal
 import uuid
-from unittest.mock import patch
 
 import pytest
 import torch.distributed.elastic.events as torch_events
@@ -13,7 +12,8 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.utils.distributed import get_free_port
 
-from telemetry import Event, EventSource, Pipeline, emit, record, set_pipeline
+from telemetry import Event, EventSource, Pipeline, emit, get_pipeline, record, set_pipeline, state
+from telemetry.events import metadata_scalar
 from telemetry.sinks.console import ConsoleEventSink
 from telemetry.sinks.memory import MemorySink
 
@@ -21,9 +21,8 @@ from telemetry.sinks.memory import MemorySink
 @pytest.fixture
 def memory():
     sink = MemorySink()
-    previous = set_pipeline(Pipeline([sink]))
-    yield sink
-    set_pipeline(previous)
+    set_pipeline(Pipeline([sink]))
+    return sink
 
 
 def test_torch_deserializes_our_event():
@@ -61,13 +60,11 @@ def test_record_to_null_still_reaches_every_sink(memory):
     assert len(memory) == 1
 
 
-def test_console_destination_prints_the_json_line(memory, capsys):
-    from telemetry import get_pipeline
-
+def test_console_destination_prints_the_json_line(memory):
     stream = io.StringIO()
-    with patch.dict("telemetry.pipeline.DESTINATIONS", {"console": lambda: ConsoleEventSink(stream)}):
-        record(Event("to.console", EventSource.AGENT, 1), "console")
-        assert get_pipeline().flush(5)
+    state.register_destination("console", lambda: ConsoleEventSink(stream))
+    record(Event("to.console", EventSource.AGENT, 1), "console")
+    assert get_pipeline().flush(5)
     assert json.loads(stream.getvalue())["name"] == "to.console"
     assert len(memory) == 1
 
@@ -80,6 +77,36 @@ def test_unknown_destination_does_not_raise_and_still_delivers(memory):
 def test_emit_does_not_route_to_destinations(memory):
     emit(Event("n", EventSource.AGENT))
     assert [e.name for e in memory.events()] == ["n"]
+
+
+def test_put_metric_and_publish_metric_reach_the_metric_sinks():
+    from telemetry import MetricPoint, put_metric
+    from telemetry.events import publish_metric
+    from telemetry.sink import Sink
+
+    class Points(Sink):
+        name, synchronous, events = "points", True, False
+
+        def __init__(self):
+            self.got = []
+
+        def emit(self, record):
+            assert type(record) is MetricPoint
+            self.got.append((record.group_name, record.name, record.value))
+
+    points = Points()
+    set_pipeline(Pipeline([points]))
+    put_metric("a", 1)
+    put_metric("b", 2, "mine")
+    publish_metric("g", "c", 3)
+    assert points.got == [("torchelastic", "a", 1), ("mine", "b", 2), ("g", "c", 3)]
+
+
+@pytest.mark.parametrize("value, scalar", [
+    (None, None), ("s", "s"), (3, 3), (1.5, 1.5), (True, True), ([1, 2], "[1, 2]"), (ValueError("x"), "x"),
+])
+def test_metadata_scalar_keeps_scalars_and_turns_anything_else_into_text(value, scalar):
+    assert metadata_scalar(value) == scalar
 
 
 # ---- the agent's own events ---------------------------------------------------------------

@@ -104,8 +104,7 @@ def test_delivered_events_survive_a_sigkill(tmp_path):
         import os, signal, sys, time
         sys.path.insert(0, {REPO!r})
         import telemetry
-        p = telemetry.configure(event_log={str(log_path)!r}, prometheus=False, log_format="json",
-                                bridge_torch=False, env={{}})
+        p = telemetry.configure(event_log={str(log_path)!r}, prometheus=False, log_format="json", env={{}})
         for i in range(200):
             telemetry.emit(telemetry.Event("e", telemetry.EventSource.AGENT, metadata={{"i": i}}))
         deadline = time.monotonic() + 20

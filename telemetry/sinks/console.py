@@ -1,14 +1,21 @@
-"""Console outputs for the ``console`` and ``framework_logger`` destinations of ``record``."""
+"""Console outputs: the ``console`` and ``framework_logger`` destinations of ``record``, the
+log-context binder, and the structlog event printer (``console_events``)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from types import MappingProxyType
 
-from telemetry.events import Event
-from telemetry.pipeline import Sink
+from telemetry import logs, names
+from telemetry.records import Event
+from telemetry.sink import Sink
 
-__all__ = ["ConsoleEventSink", "LoggingEventSink"]
+__all__ = ["ConsoleEventSink", "LoggingEventSink", "LogContextSink", "StructlogEventSink", "DESTINATIONS",
+           "framework_logger_sink"]
+
+# The logger torch's ``framework_logger`` event handler writes to.
+FRAMEWORK_LOGGER = "torchelastic.events"
 
 
 class ConsoleEventSink(Sink):
@@ -51,18 +58,16 @@ class LogContextSink(Sink):
     metrics = False
 
     _KEYS = {
-        "elastiscope.agent.run_start": ("run_id", "role", "group_rank"),
-        "elastiscope.rendezvous.complete": ("run_id", "role", "group_rank"),
+        names.RUN_START: ("run_id", "role", "group_rank"),
+        names.RENDEZVOUS_COMPLETE: ("run_id", "role", "group_rank"),
     }
 
     def emit(self, record: Event) -> None:
         keys = self._KEYS.get(record.name)
         if keys is None:
             return
-        from telemetry.logs import bind
-
         md = record.metadata
-        bind(**{k: md[k] for k in keys if md.get(k) is not None})
+        logs.bind(**{k: md[k] for k in keys if md.get(k) is not None})
 
 
 class StructlogEventSink(Sink):
@@ -87,3 +92,16 @@ class StructlogEventSink(Sink):
 _RESERVED_LOG_KEYS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
 ) | {"message", "asctime", "event", "level", "logger", "timestamp"}
+
+
+def framework_logger_sink() -> Sink:
+    """The ``framework_logger`` destination's output, as torch's handler of that name logs."""
+    return LoggingEventSink(FRAMEWORK_LOGGER)
+
+
+# The destinations of ``record`` these sinks serve (name -> factory of the extra sink); the
+# composition root (telemetry.config) registers them.
+DESTINATIONS = MappingProxyType({
+    "console": ConsoleEventSink,
+    "framework_logger": framework_logger_sink,
+})

@@ -14,8 +14,8 @@ import re
 import time
 from pathlib import Path
 
-from telemetry.events import Event
-from telemetry.pipeline import Sink
+from telemetry.records import Event
+from telemetry.sink import Sink
 
 __all__ = ["JsonlEventSink", "event_line", "run_log_name"]
 

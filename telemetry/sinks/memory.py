@@ -5,10 +5,11 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from typing import Callable, Iterator
+import time
+from typing import Callable
 
-from telemetry.events import Event
-from telemetry.pipeline import Sink
+from telemetry.records import Event
+from telemetry.sink import Sink
 
 __all__ = ["MemorySink"]
 
@@ -29,12 +30,14 @@ class MemorySink(Sink):
         self._ring: collections.deque[tuple[int, Event]] = collections.deque(maxlen=capacity)
         self._seq = itertools.count(1)
         self._cond = threading.Condition()
+        # Readers inside wait_for; emit takes the condition's lock only when there are some.
+        self._waiting = 0
         self._listeners: tuple[Callable[[], None], ...] = ()
         self._listeners_lock = threading.Lock()
 
     def emit(self, record: Event) -> None:
         self._ring.append((next(self._seq), record))
-        if self._cond._waiters:  # type: ignore[attr-defined]  # skip the lock when nobody waits
+        if self._waiting:
             with self._cond:
                 self._cond.notify_all()
         for listener in self._listeners:
@@ -104,30 +107,19 @@ class MemorySink(Sink):
 
     def wait_for(self, predicate, timeout: float) -> Event | None:
         """Block until an event satisfying ``predicate`` is in the ring, or ``timeout`` passes."""
-        import time
-
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
-                for _, ev in list(self._ring):
-                    if predicate(ev):
-                        return ev
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                # emit() skips the lock when nobody waits, so a wake-up can be missed in a
-                # narrow window; short slices bound that miss without busy polling.
-                self._cond.wait(min(remaining, 0.05))
-
-    def follow(self, since: int = 0, poll: float = 1.0) -> Iterator[tuple[int, Event]]:
-        """Yield events after ``since`` as they arrive (for server-sent events); never ends."""
-        last = since
-        while True:
-            batch = [(s, e) for s, e in list(self._ring) if s > last]
-            for s, e in batch:
-                last = s
-                yield s, e
-            if not batch:
-                with self._cond:
-                    if self.last_seq() <= last:
-                        self._cond.wait(poll)
+            self._waiting += 1
+            try:
+                while True:
+                    for _, ev in list(self._ring):
+                        if predicate(ev):
+                            return ev
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    # emit() reads the waiter count without the lock, so a wake-up can be
+                    # missed in a narrow window; short slices bound that miss without busy polling.
+                    self._cond.wait(min(remaining, 0.05))
+            finally:
+                self._waiting -= 1

@@ -23,30 +23,34 @@ from typing import Any, Iterator, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from telemetry import tracing
-from telemetry.events import Event
-from telemetry.pipeline import Sink
+from telemetry import __version__, names, tracing
+from telemetry.events import metadata_scalar
+from telemetry.records import Event
+from telemetry.sink import Sink
 
-__all__ = ["setup_otel", "OtelHandle", "OtelLogSink", "AgentTracer"]
+__all__ = ["setup_otel", "OtelHandle", "OtelLogSink", "AgentTracer", "ExporterUnavailable"]
 
 _INSTRUMENTATION = "elastiscope"
 # Steps that end the monitoring of the current workers.
 _ENDS_MONITORING = frozenset({"restart", "stop_workers", "exit_barrier"})
 
 
+class ExporterUnavailable(RuntimeError):
+    """The OTLP exporter package is not installed (the message says how to install it)."""
+
+
 def _attributes(values: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenTelemetry attributes: primitives only, no None."""
-    out = {}
-    for k, v in values.items():
-        if v is None:
-            continue
-        out[k] = v if isinstance(v, (str, bool, int, float)) else str(v)
-    return out
+    """OpenTelemetry attributes: scalars only, and no None (OpenTelemetry has no null)."""
+    return {k: metadata_scalar(v) for k, v in values.items() if v is not None}
 
 
 class AgentTracer:
@@ -65,7 +69,7 @@ class AgentTracer:
     def _span(self, name: str, attributes: dict[str, Any]) -> Iterator[Any]:
         local = self._local
         if name in _ENDS_MONITORING:
-            self._end_monitoring()
+            self.end_monitoring()
         ok = False
         with self._tracer.start_as_current_span(name, attributes=attributes) as sp:
             if name == "run":
@@ -77,7 +81,7 @@ class AgentTracer:
                 ok = True
             finally:
                 if name == "run":
-                    self._end_monitoring()
+                    self.end_monitoring()
                     local.run_context = None
                     self._set_run_status(sp, getattr(local, "last_state", None))
         if ok and name == "start_workers":
@@ -85,8 +89,6 @@ class AgentTracer:
 
     @staticmethod
     def _set_run_status(span: Any, last_state: str | None) -> None:
-        from opentelemetry.trace import Status, StatusCode
-
         if last_state == "SUCCEEDED":
             span.set_status(Status(StatusCode.OK))
         elif last_state in ("FAILED", "UNHEALTHY"):
@@ -94,12 +96,13 @@ class AgentTracer:
 
     def _start_monitoring(self, attributes: dict[str, Any]) -> None:
         local = self._local
-        self._end_monitoring()
+        self.end_monitoring()
         parent = getattr(local, "run_context", None)
         local.monitoring = self._tracer.start_span("monitoring", context=parent,
                                                    attributes={k: v for k, v in attributes.items() if k == "role"})
 
-    def _end_monitoring(self) -> None:
+    def end_monitoring(self) -> None:
+        """End the open monitoring span of this thread, if any."""
         span = getattr(self._local, "monitoring", None)
         if span is not None:
             self._local.monitoring = None
@@ -120,9 +123,9 @@ class AgentTracer:
         """
         md = event.metadata
         local = self._local
-        if event.name == "elastiscope.agent.run_start":
+        if event.name == names.RUN_START:
             local.run_attributes = _attributes({f"elastiscope.{k}": v for k, v in md.items()})
-        elif event.name == "elastiscope.agent.state_change":
+        elif event.name == names.STATE_CHANGE:
             local.last_state = md.get("state")
         span = trace.get_current_span()
         ctx = span.get_span_context()
@@ -145,8 +148,6 @@ class OtelLogSink(Sink):
         self._logger = logger_provider.get_logger(_INSTRUMENTATION)
 
     def emit(self, record: Event) -> None:
-        from opentelemetry._logs import LogRecord, SeverityNumber
-
         md = record.metadata
         attributes = _attributes(md)
         attributes["elastiscope.source"] = getattr(record.source, "value", str(record.source))
@@ -210,9 +211,8 @@ class OtelHandle:
         if self._shut:
             return True
         self._shut = True
-        if tracing._span_factory == self.agent_tracer.span:
-            tracing.set_tracer_hooks(None, None)
-        self.agent_tracer._end_monitoring()
+        tracing.clear_tracer_hooks(self.agent_tracer.span)
+        self.agent_tracer.end_monitoring()
 
         def close() -> bool:
             for provider in (self.tracer_provider, self.logger_provider):
@@ -224,8 +224,6 @@ class OtelHandle:
 
 
 def _resource(env: Mapping[str, str]) -> Resource:
-    from telemetry import __version__
-
     attributes: dict[str, Any] = {
         "service.version": __version__,
         "host.name": socket.gethostname(),
@@ -238,13 +236,11 @@ def _resource(env: Mapping[str, str]) -> Resource:
 
 def _otlp_exporters(settings: Any) -> tuple[Any, Any]:
     """(span exporter, log exporter) for OTLP/HTTP, with endpoints from the settings."""
-    from telemetry.config import ConfigError
-
     try:
         from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
-        raise ConfigError("OTLP export needs the 'otlp' extra: pip install 'elastiscope[otlp]'") from None
+        raise ExporterUnavailable("OTLP export needs the 'otlp' extra: pip install 'elastiscope[otlp]'") from None
     env = settings.otel_env
     if settings.otlp_endpoint_explicit:
         base = settings.otlp_endpoint
@@ -260,9 +256,6 @@ def _otlp_exporters(settings: Any) -> tuple[Any, Any]:
 
 def setup_otel(settings: Any) -> OtelHandle:
     """Build providers and exporters for ``settings`` and install the tracing hooks."""
-    from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter
-
     env = settings.otel_env
     resource = _resource(env)
     # No atexit hooks of the SDK's own: they shut the providers down without a deadline, so a

@@ -7,9 +7,11 @@ failed push is counted as a sink error and logged once per burst like any sink f
 from __future__ import annotations
 
 import socket
+from typing import Any
 
-from telemetry.events import Event
-from telemetry.pipeline import Sink
+from telemetry import names
+from telemetry.records import Event
+from telemetry.sink import Sink
 
 __all__ = ["PushgatewaySink"]
 
@@ -21,8 +23,10 @@ class PushgatewaySink(Sink):
     queue_size = 64
 
     def __init__(self, url: str, job: str = "elastiscope", run_id: str | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, registry: Any = None) -> None:
         self.url = url
+        # The Prometheus registry to push (the attached Prometheus sink's).
+        self.registry = registry
         self.job = job
         self.timeout = timeout
         # One group per host: nodes of one job do not overwrite each other's series.
@@ -34,7 +38,7 @@ class PushgatewaySink(Sink):
         metrics.push(self.url, job=self.job, grouping_key=self.grouping_key, timeout=self.timeout)
 
     def emit(self, record: Event) -> None:
-        if record.name == "elastiscope.agent.run_end":
+        if record.name == names.RUN_END:
             self._push()
 
     def close(self) -> None:
