@@ -1,0 +1,279 @@
+"""``elastiscope run``: one run from checked arguments to exit status.
+
+The order matters for start-up time and for clean failures: the endpoint's socket is bound
+first and its web stack loads on its own thread (at the first request, or a second after the
+workers are running) while this one imports torch and builds the spec; telemetry is configured
+(creating the event log) only once the request is known to be good, so bad input leaves no files
+behind; the endpoint is announced before rendezvous. At the end the endpoint lingers for a final
+scrape and the event log is flushed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+from agent.api import RunResult, WorkerSpec
+from agent.cli.arguments import DEFAULT_RUNS_DIR, build_run_parser, is_off
+from agent.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobError, UsageError, first_line
+from agent.cli.messages import PROG, say
+from agent.cli.spec import plan_launch, resolve_nproc, settle_rendezvous
+from agent.cli.validate import check_run_args
+from agent.api import _get_fq_hostname as fq_hostname  # until agent.hostname lands
+from telemetry import server
+from telemetry.config import ConfigError, configure, resolve_settings, shutdown
+from telemetry.events import emit, record
+from telemetry.names import ENDPOINT_STARTED
+from telemetry.pipeline import get_pipeline
+from telemetry.records import Event, EventSource
+
+__all__ = ["run_command"]
+
+log = logging.getLogger("agent.cli")
+
+# Seconds after the workers turn HEALTHY before the endpoint loads its web stack (if no request
+# made it load sooner): long enough to stay out of the workers' own start-up.
+ENDPOINT_WARM_UP_DELAY = 1.0
+TELEMETRY_SHUTDOWN_TIMEOUT = 5.0  # seconds to flush the event log and exporters at the end
+
+
+def _default_event_log(run_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._") or "run"
+    return os.path.join(DEFAULT_RUNS_DIR, f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}.jsonl")
+
+
+def _event_log_setting(args: argparse.Namespace) -> str | None:
+    value = args.event_log
+    if value is None:
+        return _default_event_log(args.rdzv_id)
+    if is_off(value):
+        return None
+    return value
+
+
+class StatusBoard:
+    """The endpoint's status provider: the agent's snapshot once it exists, INIT before."""
+
+    def __init__(self, run_id: str, role: str, max_restarts: int) -> None:
+        self.agent: Any = None
+        self._before_agent = {
+            "run_id": run_id, "role": role, "state": "INIT", "restarts_used": 0,
+            "remaining_restarts": max_restarts, "max_restarts": max_restarts, "workers": [],
+        }
+
+    def __call__(self) -> dict[str, Any]:
+        agent = self.agent
+        return agent.status_snapshot() if agent is not None else dict(self._before_agent)
+
+
+class Run:
+    """One invocation of ``elastiscope run``: prepare(), launch(), then finish() whatever happened."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.endpoint: Any = None
+        self.status: StatusBoard | None = None
+        self.event_log: str | None = None
+        self.started = False  # the agent was handed the job
+
+    # ---- before torch: identity, telemetry settings, endpoint ----
+
+    def prepare(self) -> None:
+        """Identity and endpoint: everything that needs neither torch nor the telemetry config."""
+        args = self.args
+        settle_rendezvous(args)
+        self.status = StatusBoard(args.rdzv_id, args.role, args.max_restarts)
+        self.check_telemetry()
+        if args.metrics_port is not None:
+            self.endpoint = self._open_endpoint()
+
+    def _telemetry_env(self) -> Mapping[str, str]:
+        if self.event_log is None:  # "off" must not fall back to the variable that said so
+            return {k: v for k, v in os.environ.items() if k != "ELASTISCOPE_EVENT_LOG"}
+        return os.environ
+
+    def check_telemetry(self) -> None:
+        """Validate the telemetry settings now, before torch loads; nothing is created yet."""
+        args = self.args
+        self.event_log = _event_log_setting(args)
+        try:
+            resolve_settings(event_log=self.event_log, log_format=args.log_format,
+                             otlp_endpoint=args.otlp_endpoint, pushgateway=args.pushgateway,
+                             run_id=args.rdzv_id, role=args.role, env=self._telemetry_env())
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+
+    def _open_endpoint(self) -> Any:
+        args = self.args
+        try:
+            server.check_exposure(args.metrics_host, args.token, not args.no_token_required)
+            sock = server.bind_socket(args.metrics_host, args.metrics_port)
+        except server.EndpointError as e:
+            raise UsageError(str(e)) from None
+        # configure() carries this ring over into the pipeline it builds, so the app can hold it
+        # now. Lazy: the web stack loads at the first request or once the workers run.
+        return server.serve_app(
+            sock, self.status, get_pipeline().find("memory"), token=args.token, lazy=True
+        )
+
+    # ---- the job ----
+
+    def launch(self) -> int:
+        args = self.args
+        # The agent reads these from the environment, as torch's launcher sets them.
+        os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = args.signals_to_handle
+        # torch >= 2.4 shares the agent's c10d TCPStore with the workers across restarts, and
+        # keys left by the previous attempt make the restarted workers' init_process_group
+        # connect to dead peers (pytorch/pytorch#135712). A fresh store per round avoids it.
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+
+        nproc = resolve_nproc(args.nproc_per_node)
+        if nproc < 1:
+            raise UsageError(f"--nproc-per-node {args.nproc_per_node} resolved to {nproc} workers")
+        plan = plan_launch(args, nproc)
+        self._configure_telemetry()
+        self._announce()
+        if "OMP_NUM_THREADS" not in os.environ and nproc > 1:
+            os.environ["OMP_NUM_THREADS"] = "1"
+            log.warning("OMP_NUM_THREADS not set: using 1 per worker (set it to tune)")
+
+        # torch comes with it: loaded only once the request is known to be good.
+        from agent.local import LocalElasticAgent
+
+        agent = LocalElasticAgent(spec=plan.spec, **plan.agent_options)
+        self.status.agent = agent
+        self.started = True
+        return self._supervise(agent, plan.spec, plan.entry_name)
+
+    def _configure_telemetry(self) -> None:
+        args = self.args
+        extra_sinks = []
+        if self.endpoint is not None:
+            extra_sinks.append(server.WarmUpWhenHealthy(self.endpoint, delay=ENDPOINT_WARM_UP_DELAY))
+        try:
+            pipeline = configure(
+                event_log=self.event_log,
+                log_format=args.log_format,
+                otlp_endpoint=args.otlp_endpoint,
+                pushgateway=args.pushgateway,
+                run_id=args.rdzv_id,
+                role=args.role,
+                env=self._telemetry_env(),
+                extra_sinks=extra_sinks,
+            )
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+        jsonl = pipeline.find("jsonl")
+        if jsonl is not None and getattr(jsonl, "path", None) is not None:
+            self.event_log = str(jsonl.path)
+
+    def _announce(self) -> None:
+        args = self.args
+        if self.endpoint is not None:
+            url = self.endpoint.url
+            emit(Event(ENDPOINT_STARTED, EventSource.AGENT, metadata={
+                "run_id": args.rdzv_id, "role": args.role, "group_rank": None,
+                "hostname": fq_hostname(), "url": url,
+                "host": str(self.endpoint.host), "port": int(self.endpoint.port),
+                "token_required": bool(args.token), "pid": os.getpid(),
+            }))
+            log.info("endpoint listening on %s", url)
+            say(f"metrics {url}/metrics  status {url}/status  events {url}/events")
+        if self.event_log:
+            say(f"event log {self.event_log}")
+
+    def _supervise(self, agent: Any, spec: WorkerSpec, entry_name: str) -> int:
+        from torch.distributed.elastic.multiprocessing import SignalException
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        errors = get_error_handler()
+        errors.initialize()
+        close_rendezvous = True
+        try:
+            result = agent.run()
+            record(agent.get_event_succeeded(), spec.event_log_handler)
+            return self._report(result, entry_name, errors)
+        except SignalException as e:
+            # A signalled agent leaves the rendezvous open, so the job can scale back in.
+            close_rendezvous = False
+            record(agent.get_event_failed(), spec.event_log_handler)
+            say(f"stopped by {e.sigval.name}")
+            return EXIT_FAILED
+        except Exception as e:
+            record(agent.get_event_failed(), spec.event_log_handler)
+            errors.record_exception(e)
+            log.debug("agent failed", exc_info=True)
+            raise JobError(f"{type(e).__name__}: {first_line(e)}") from None
+        finally:
+            if close_rendezvous:
+                try:
+                    spec.rdzv_handler.shutdown()
+                except Exception:
+                    log.debug("rendezvous shutdown failed", exc_info=True)
+
+    @staticmethod
+    def _report(result: RunResult | None, entry_name: str, errors: Any) -> int:
+        """torchrun's report of a finished run: the first failure's error file and summary."""
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        if result is None:  # the rendezvous was closed gracefully: nothing left to do
+            say("rendezvous closed: the job is over on this node")
+            return EXIT_OK
+        if result.is_failed():
+            failure = ChildFailedError(name=entry_name, failures=result.failures)
+            _, first = failure.get_first_failure()
+            if first.error_file and os.path.isfile(first.error_file):
+                errors.dump_error_file(first.error_file, first.exitcode)
+            print(failure.format_msg(), file=sys.stderr, flush=True)
+            return EXIT_FAILED
+        return EXIT_OK
+
+    # ---- the end ----
+
+    def finish(self, status: int) -> None:
+        """Summary line, the endpoint's linger, and a flushed event log."""
+        if self.started:
+            snapshot = self.status() if self.status is not None else {}
+            restarts = snapshot.get("restarts_used") or 0
+            say(f"run {snapshot.get('state', 'UNKNOWN')} (exit {status}), {restarts} restart(s)"
+                + (f"; timeline: {PROG} events {self.event_log}" if self.event_log else ""))
+        if self.endpoint is not None:
+            if self.started:
+                self._linger()
+            self.endpoint.stop(timeout=0)
+        shutdown(timeout=TELEMETRY_SHUTDOWN_TIMEOUT)
+
+    def _linger(self) -> None:
+        linger = self.args.metrics_linger
+        if linger <= 0 or self.endpoint.error is not None:
+            return
+        self.endpoint.warm_up()  # a short job may end before anything asked for the app
+        say(f"endpoint stays up {linger:g}s for a final scrape (--metrics-linger)")
+        try:
+            self.endpoint.wait_for_scrape(after=time.monotonic(), timeout=linger)
+        except KeyboardInterrupt:
+            pass
+
+
+def run_command(argv: Sequence[str]) -> int:
+    args = build_run_parser().parse_args(list(argv))
+    check_run_args(args)
+    run = Run(args)
+    status = EXIT_FAILED
+    try:
+        run.prepare()
+        status = run.launch()
+    except JobError as e:
+        say(f"error: {e}")
+        status = EXIT_FAILED
+    except UsageError:
+        status = EXIT_USAGE
+        raise
+    finally:
+        run.finish(status)
+    return status
