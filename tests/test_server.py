@@ -15,6 +15,7 @@ import httpx
 import jsonschema
 import pytest
 
+import telemetry
 from helpers.polling import wait_until
 from telemetry.events import Event, EventSource
 from telemetry.endpoint import (
@@ -25,6 +26,7 @@ from telemetry.endpoint import (
     serve_app,
     start_endpoint,
 )
+from telemetry.names import STATE_CHANGE, WORKER_FAILED
 from telemetry.sinks.endpoint_warm_up import WarmUpWhenHealthy
 from telemetry.sinks.memory import MemorySink
 
@@ -51,11 +53,11 @@ def healthy_status():
 
 
 def failed_event(rank, ts=1000):
-    return Event("elastiscope.worker.failed", EventSource.WORKER, ts,
+    return Event(WORKER_FAILED, EventSource.WORKER, ts,
                  {"state": "FAILED", "global_rank": rank, "exit_code": 1})
 
 
-def agent_event(name="elastiscope.agent.state_change", state="HEALTHY", ts=1000):
+def agent_event(name=STATE_CHANGE, state="HEALTHY", ts=1000):
     return Event(name, EventSource.AGENT, ts, {"state": state, "global_rank": None})
 
 
@@ -146,6 +148,19 @@ def test_metrics_are_openmetrics_when_accept_asks(serve):
     assert response.text.rstrip().endswith("# EOF")
 
 
+def test_metrics_serve_the_registry_of_the_prometheus_sink_attached_to_the_pipeline(serve):
+    from telemetry.sinks.prometheus import PrometheusSink
+
+    # Not the one configure() builds: a sink handed in, whose registry /metrics must still show.
+    telemetry.configure(prometheus=False, log_format="json", extra_sinks=[PrometheusSink()],
+                        env={}, exit_handlers=False)
+    telemetry.emit(Event(WORKER_FAILED, EventSource.AGENT, 1,
+                         {"role": "trainer", "local_rank": 1, "exit_code": 3, "signal": None}))
+    body = httpx.get(serve().url + "/metrics").text
+    assert ('elastiscope_worker_failures_total{exit_code="3",local_rank="1",role="trainer",'
+            'signal=""} 1.0') in body.splitlines()
+
+
 def test_metrics_scrape_is_noted_for_the_end_of_job_linger(serve):
     server = serve()
     assert server.last_scrape is None
@@ -164,7 +179,7 @@ def test_events_filter_by_state_source_and_rank(serve, sink):
     body = httpx.get(server.url + "/events",
                      params={"state": "FAILED", "source": "WORKER", "rank": 1}).json()
     assert [(e["name"], e["metadata"]["global_rank"]) for e in body["events"]] == [
-        ("elastiscope.worker.failed", 1)
+        (WORKER_FAILED, 1)
     ]
     assert body["last_seq"] == 4
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from telemetry import __version__
+from telemetry import __version__, config
 from telemetry.endpoint.payloads import MetricsRenderer, StatusProvider
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -19,18 +19,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from telemetry.sinks.memory import MemorySink
 
-__all__ = ["STREAM_HEARTBEAT_SECONDS", "create_app", "render_attached_metrics"]
+__all__ = ["STREAM_HEARTBEAT_SECONDS", "create_app"]
 
 # Server-sent events: an idle stream sends a comment line this often, so proxies and load
 # balancers keep the connection open. New events wake the stream at once (no polling).
 STREAM_HEARTBEAT_SECONDS = 15.0
-
-
-def render_attached_metrics(accept: str | None) -> tuple[bytes, str]:
-    """/metrics by default: the registry of the process's Prometheus metrics."""
-    from telemetry.metrics import exposition  # loads prometheus_client: only when scraped
-
-    return exposition(accept)
 
 
 def create_app(
@@ -45,8 +38,9 @@ def create_app(
     """Build the FastAPI app. ``token`` turns on bearer authentication for all but the probes.
 
     ``events`` is the event ring /events and /events/stream read (None: no events);
-    ``metrics`` renders /metrics (default: ``render_attached_metrics``); ``on_metrics_scrape``
-    is called after each /metrics response has been sent.
+    ``metrics`` renders /metrics (default: ``telemetry.config.render_metrics``, the registry of
+    the Prometheus sink attached to the pipeline); ``on_metrics_scrape`` is called after each
+    /metrics response has been sent.
     """
     # The web stack, loaded here and not at import (see the module docstring).
     from fastapi import FastAPI
@@ -60,7 +54,7 @@ def create_app(
         description="Metrics, health, status and events of one Elastiscope agent.",
     )
     protected = protection(token)
-    routes.add_metrics_route(app, metrics or render_attached_metrics, on_metrics_scrape, protected)
+    routes.add_metrics_route(app, metrics or config.render_metrics, on_metrics_scrape, protected)
     routes.add_probe_routes(app, status_provider)
     routes.add_status_route(app, status_provider, protected)
     routes.add_event_routes(app, events, protected, stream_heartbeat_seconds)
