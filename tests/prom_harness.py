@@ -416,9 +416,9 @@ def variable_selectors(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 def catalogue_sample_names() -> set[str]:
     """Sample names the agent's metric catalogue exports (histograms as _bucket/_sum/_count)."""
-    metrics = pytest.importorskip("telemetry.metrics", reason="telemetry.metrics not built yet")
+    catalogue = pytest.importorskip("telemetry.prometheus.catalogue", reason="the catalogue is not built yet")
     names = set()
-    for series in metrics.CATALOGUE:
+    for series in catalogue.CATALOGUE:
         if series.type == "histogram":
             names |= {f"{series.name}_{suffix}" for suffix in ("bucket", "sum", "count")}
         else:

@@ -10,10 +10,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 import telemetry
-from telemetry import Event, EventSource, MetricPoint
-from telemetry import metrics as catalogue
-from telemetry.metrics import AgentMetrics, classify_metric
+from agent import torch_patches
+from telemetry import Event, EventSource, MetricPoint, names
 from telemetry.pipeline import Pipeline
+from telemetry.prometheus.catalogue import EVENT_KINDS_AT_ZERO
+from telemetry.prometheus.classify import classify_metric
+from telemetry.prometheus.exposition import render
+from telemetry.prometheus.push import push
+from telemetry.prometheus.registry import AgentMetrics
 from telemetry.sinks.prometheus import PrometheusSink
 from telemetry_jobs import isolated_telemetry  # noqa: F401  (fixture)
 
@@ -24,7 +28,7 @@ def sink():
 
 
 def value(sink, series, **labels):
-    return sink.metrics.registry.get_sample_value(series, labels)
+    return sink.registry.get_sample_value(series, labels)
 
 
 def ev(name, source=EventSource.AGENT, ts=1000, **metadata):
@@ -66,8 +70,8 @@ def test_state_metric_sets_one_state_and_zeroes_the_other_six(sink):
     put(sink, "workers.trainer.healthy", 1)
     put(sink, "workers.trainer.failed", 1)
     states = {s: value(sink, "elastiscope_worker_group_state", role="trainer", state=s)
-              for s in catalogue.WORKER_GROUP_STATES}
-    assert states == {s: (1.0 if s == "FAILED" else 0.0) for s in catalogue.WORKER_GROUP_STATES}
+              for s in names.WORKER_STATES}
+    assert states == {s: (1.0 if s == "FAILED" else 0.0) for s in names.WORKER_STATES}
 
 
 def test_worker_resource_samples_become_cpu_counter_and_rss_gauge(sink):
@@ -171,9 +175,14 @@ def test_rendezvous_complete_sets_world_and_group_sizes(sink):
 # increase() and rate() need a sample before the first increment: every child whose label
 # values are known up front exists at 0 from then on (docs/reference.md, column Starts at 0).
 
+def attached_registry():
+    """The registry of the Prometheus sink configure() attached: what /metrics serves."""
+    return telemetry.get_pipeline().find("prometheus").registry
+
+
 def exposed_samples(accept=None) -> dict[tuple[str, frozenset], float]:
-    """(sample name, labels) -> value, as a scrape of the current registry reads them."""
-    body, _ = catalogue.exposition(accept)
+    """(sample name, labels) -> value, as a scrape of the attached sink's registry reads them."""
+    body, _ = render(attached_registry(), accept)
     return {(s.name, frozenset(s.labels.items())): s.value
             for f in text_string_to_metric_families(body.decode()) for s in f.samples}
 
@@ -193,7 +202,7 @@ def test_a_configured_pipeline_exposes_its_counters_at_zero_before_anything_happ
     for sink_name in ("memory", "log_context", "prometheus", "jsonl"):
         assert sample(samples, "elastiscope_telemetry_dropped_total", sink=sink_name) == 0, sink_name
         assert sample(samples, "elastiscope_telemetry_sink_errors_total", sink=sink_name) == 0, sink_name
-    for name, source in catalogue.EVENT_KINDS_AT_ZERO:
+    for name, source in EVENT_KINDS_AT_ZERO:
         assert sample(samples, "elastiscope_events_total", name=name, source=source) == 0, name
 
 
@@ -219,7 +228,7 @@ def test_a_configured_pipeline_exposes_the_runs_counters_at_zero_from_its_start(
 def test_zero_series_are_in_the_openmetrics_exposition_too(isolated_telemetry):
     telemetry.configure(log_format="json", bridge_torch=False, env={})
     telemetry.emit(ev("elastiscope.agent.run_start", **RUN_START))
-    body, _ = catalogue.exposition("application/openmetrics-text; version=1.0.0")
+    body, _ = render(attached_registry(), "application/openmetrics-text; version=1.0.0")
     assert 'elastiscope_restarts_total{reason="failure",role="trainer"} 0.0' in body.decode()
 
 
@@ -309,18 +318,18 @@ def test_torch_group_handlers_set_before_keep_receiving_their_group(isolated_tel
 
     torch_metrics.configure(GroupHandler(), "torchelastic")
     telemetry.configure(log_format="json", env={})
-    torch_metrics.put_metric("workers.trainer.remaining_restarts", 2)
+    torch_patches.apply()  # what constructing an agent does
+    try:
+        torch_metrics.put_metric("workers.trainer.remaining_restarts", 2)
+    finally:
+        torch_patches.remove()
     assert seen == [("torchelastic", "workers.trainer.remaining_restarts")]
-    assert catalogue.current().registry.get_sample_value(
+    assert attached_registry().get_sample_value(
         "elastiscope_remaining_restarts", {"role": "trainer"}) == 2
 
 
 def _render(sink, accept):
-    catalogue.set_current(sink.metrics)
-    try:
-        return catalogue.exposition(accept)
-    finally:
-        catalogue.set_current(None)
+    return render(sink.registry, accept)
 
 
 def test_exposition_is_prometheus_text_by_default(sink):
@@ -354,11 +363,9 @@ def test_push_sends_the_registry_to_a_pushgateway(sink):
     server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
     threading.Thread(target=server.handle_request, daemon=True).start()
     put(sink, "workers.trainer.flakiness", 33)
-    catalogue.set_current(sink.metrics)
     try:
-        catalogue.push(f"http://127.0.0.1:{server.server_port}", grouping_key={"instance": "node1"})
+        push(sink.registry, f"http://127.0.0.1:{server.server_port}", grouping_key={"instance": "node1"})
     finally:
-        catalogue.set_current(None)
         server.server_close()
     assert received["path"] == "/metrics/job/elastiscope/instance/node1"
     assert 'elastiscope_flakiness_percent{role="trainer"} 33.0' in received["body"]
@@ -393,12 +400,8 @@ def test_pushgateway_sink_pushes_when_the_run_ends(isolated_telemetry):
 
 
 def test_push_raises_when_the_gateway_is_unreachable(sink):
-    catalogue.set_current(sink.metrics)
-    try:
-        with pytest.raises(OSError):
-            catalogue.push("http://127.0.0.1:9", timeout=2)
-    finally:
-        catalogue.set_current(None)
+    with pytest.raises(OSError):
+        push(sink.registry, "http://127.0.0.1:9", timeout=2)
 
 
 # -- torch's metric handler -----------------------------------------------------------------
@@ -417,24 +420,23 @@ def test_torch_put_metric_reaches_the_series_and_the_handler_set_before(isolated
     torch_metrics.configure(UserHandler())
     try:
         telemetry.configure(log_format="json", env={})
+        torch_patches.apply()  # what constructing an agent does
         torch_metrics.put_metric("workers.trainer.flakiness", 25)
         torch_metrics.put_metric("custom.thing", 4, "my_group")
-        m = catalogue.current()
-        assert m.registry.get_sample_value("elastiscope_flakiness_percent", {"role": "trainer"}) == 25
-        assert m.registry.get_sample_value(
+        registry = attached_registry()
+        assert registry.get_sample_value("elastiscope_flakiness_percent", {"role": "trainer"}) == 25
+        assert registry.get_sample_value(
             "elastiscope_torchelastic_metric", {"group": "my_group", "name": "custom.thing"}) == 4
         assert seen == ["workers.trainer.flakiness", "custom.thing"]
     finally:
-        from telemetry import torch_bridge
-
-        torch_bridge.uninstall()
+        torch_patches.remove()
         torch_metrics.configure(previous)
 
 
 def test_bridged_rendezvous_events_skip_torchs_stack_walk():
-    """While bridged, torch's rendezvous modules record through our recorder (no
+    """While patched, torch's rendezvous modules record through our recorder (no
     inspect.stack() per event, which cost seconds per restart in a loaded agent), the events
-    keep torch's names, and uninstall() hands torch its own recorder back."""
+    keep torch's names, and remove() hands torch its own recorder back."""
     import uuid
 
     import torch.distributed.elastic.events as torch_events
@@ -442,7 +444,7 @@ def test_bridged_rendezvous_events_skip_torchs_stack_walk():
     import torch.distributed.elastic.rendezvous.registry as registry
     from torch.distributed.elastic.rendezvous import RendezvousParameters
 
-    from telemetry import Pipeline, set_pipeline, torch_bridge
+    from telemetry import Pipeline, set_pipeline
     from telemetry.sinks.memory import MemorySink
     from telemetry_jobs import telemetry_isolation
 
@@ -451,15 +453,15 @@ def test_bridged_rendezvous_events_skip_torchs_stack_walk():
         backend="c10d", endpoint="127.0.0.1:0", run_id=str(uuid.uuid4()), min_nodes=1, max_nodes=1)
     with telemetry_isolation():
         set_pipeline(Pipeline([memory]))
-        torch_bridge.install()
+        torch_patches.apply()
         try:
             assert dyn.construct_and_record_rdzv_event is not torch_events.construct_and_record_rdzv_event
             handler = registry.get_rendezvous_handler(params)
             handler.next_rendezvous()
             handler.shutdown()
         finally:
-            torch_bridge.uninstall()
+            torch_patches.remove()
     assert dyn.construct_and_record_rdzv_event is torch_events.construct_and_record_rdzv_event
-    names = {e.metadata["torch_event"] for e in memory.events() if e.name.startswith("elastiscope.rendezvous.")}
-    assert "dynamic_rendezvous.py:DynamicRendezvousHandler.next_rendezvous" in names
-    assert any(n.startswith("c10d_rendezvous_backend.py:") for n in names)
+    recorded = {e.metadata["torch_event"] for e in memory.events() if e.name.startswith("elastiscope.rendezvous.")}
+    assert "dynamic_rendezvous.py:DynamicRendezvousHandler.next_rendezvous" in recorded
+    assert any(n.startswith("c10d_rendezvous_backend.py:") for n in recorded)

@@ -185,10 +185,10 @@ def test_final_succeeded_state_is_scraped_before_the_agent_exits(stack, crash_on
 
 
 def test_run_exports_every_series_the_catalogue_promises_for_it(stack, crash_once):
-    metrics = pytest.importorskip("telemetry.metrics")
+    catalogue = pytest.importorskip("telemetry.prometheus.catalogue")
     exported = stack.prometheus.series_names()
     # A local-agent run with a worker failure and a restart meets every condition but none.
-    expected = {s.name + ("_bucket" if s.type == "histogram" else "") for s in metrics.CATALOGUE}
+    expected = {s.name + ("_bucket" if s.type == "histogram" else "") for s in catalogue.CATALOGUE}
     assert expected - exported == set()
 
 

@@ -1,56 +1,131 @@
 """Prometheus sink: turns events and put_metric points into updates of the catalogue's series.
 
 Synchronous (an update is a dict lookup and a locked add), so /metrics is current the moment
-a record is published. The mapping of each input to its series is documented in
-docs/reference.md and defined by ``telemetry.metrics.CATALOGUE`` / ``classify_metric``.
+a record is published. Each sink owns its series (``metrics``, an AgentMetrics) and exposes the
+registry to render or push as ``registry``. The mapping of each input to its series is
+documented in docs/reference.md and defined by ``telemetry.prometheus.catalogue`` and
+``telemetry.prometheus.classify``.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Callable
 
-from telemetry.events import Event
-from telemetry.metrics import AgentMetrics, MetricTarget, classify_metric
-from telemetry.pipeline import Sink
-from telemetry.records import MetricPoint
+from prometheus_client import CollectorRegistry
+
+from telemetry import names
+from telemetry.prometheus.classify import MetricKind, MetricTarget, classify_metric
+from telemetry.prometheus.registry import AgentMetrics, StatsSource
+from telemetry.records import Event, MetricPoint
+from telemetry.sink import Sink
 
 __all__ = ["PrometheusSink"]
+
+_GROUP_STATE = "elastiscope_worker_group_state"
 
 
 def _label(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def _is_repeat(last: object, value: object) -> bool:
+    """Setting ``value`` again after ``last`` changes nothing a scrape shows.
+
+    0.0 and -0.0 are equal yet render differently, so a change of sign is not a repeat.
+    """
+    return last == value and (value != 0.0 or math.copysign(1.0, value) == math.copysign(1.0, last))
+
+
 class PrometheusSink(Sink):
+    """Updates its own ``metrics`` from every record; ``registry`` is what /metrics renders.
+
+    ``metrics`` may be handed in (tests, or to share series); otherwise the sink builds its
+    own, whose telemetry-health series read ``stats_source`` (default: the process pipeline's
+    stats). ``role`` labels torch's prof metrics until a run_start names the run's role.
+    ``skip_repeats=False`` applies every point, as a reference to compare the skipping with.
+    """
+
     name = "prometheus"
     synchronous = True
 
-    def __init__(self, metrics: AgentMetrics | None = None, role: str | None = None) -> None:
-        self.metrics = metrics or AgentMetrics()
+    def __init__(self, metrics: AgentMetrics | None = None, role: str | None = None,
+                 stats_source: StatsSource | None = None, skip_repeats: bool = True) -> None:
+        self.metrics = metrics or AgentMetrics(stats_source)
         # prof metrics carry no role; they take the role of the run in progress.
         self.role = role or ""
         self._targets: dict[tuple[str, str], MetricTarget] = {}
         self._event_counters: dict[tuple[str, str], object] = {}
         self._restart_started: dict[str, tuple[int, str]] = {}
-        self._lock = threading.Lock()
+        self._restart_lock = threading.Lock()
+        # The last value set on each gauge child, so that a repeat is not applied again: the
+        # agent's run loop re-publishes the same few values ten times a second. Checking and
+        # setting happen under one lock, or two threads could leave the memory disagreeing
+        # with the child. Reentrant: a signal handler that publishes may interrupt a set.
+        self._last_set: dict[tuple, object] = {}
+        self._skip_repeats = skip_repeats
+        self._set_lock = threading.RLock()
         self._on_event: dict[str, Callable[[Event], None]] = {
-            "elastiscope.agent.run_start": self._run_start,
-            "elastiscope.agent.state_change": self._state_change,
-            "elastiscope.agent.restart": self._restart,
-            "elastiscope.rendezvous.complete": self._rendezvous_complete,
-            "elastiscope.worker.failed": self._worker_failed,
-            "torchelastic.worker.status.RENDEZVOUS": self._rendezvous_duration,
-            "torchelastic.worker.status.ASSIGN_WORKER_RANKS": self._rank_assignment_duration,
+            names.RUN_START: self._run_start,
+            names.STATE_CHANGE: self._state_change,
+            names.RESTART: self._restart,
+            names.RENDEZVOUS_COMPLETE: self._rendezvous_complete,
+            names.WORKER_FAILED: self._worker_failed,
+            names.TORCH_RENDEZVOUS: self._rendezvous_duration,
+            names.TORCH_ASSIGN_WORKER_RANKS: self._rank_assignment_duration,
+        }
+        self._on_metric: dict[MetricKind, Callable[[MetricPoint, tuple[str, ...]], None]] = {
+            MetricKind.GENERIC: self._generic,
+            MetricKind.REMAINING_RESTARTS: self._remaining_restarts,
+            MetricKind.GROUP_STATE: self._group_state,
+            MetricKind.RUN_OUTCOME: self._run_outcome,
+            MetricKind.RUN_TOTAL: self._run_total,
+            MetricKind.FLAKINESS: self._flakiness,
+            MetricKind.WORKER_CPU: self._worker_cpu,
+            MetricKind.WORKER_RSS: self._worker_rss,
+            MetricKind.WORKER_START_DURATION: self._worker_start_duration,
+            MetricKind.WORKER_STOP_DURATION: self._worker_stop_duration,
         }
         # Children whose label values are known now start at 0 (the role's, at run start).
         self.metrics.count_events_from_zero()
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry to render for /metrics or push: every series, telemetry health included."""
+        return self.metrics.registry
+
     def emit(self, record: Event | MetricPoint) -> None:
         if type(record) is MetricPoint:
-            self._metric(record)
+            target = self._target(record)
+            self._on_metric[target.kind](record, target.labels)
         else:
             self._event(record)
+
+    # -- setting gauges, skipping repeats ----------------------------------------------------
+    # Every set of a gauge that a put_metric point can also set goes through here, events'
+    # included, so the memory always holds what the child shows. Counters and histograms add
+    # on every point and are never skipped.
+
+    def _set_gauge(self, series: str, labels: tuple[str, ...], value: object) -> None:
+        child = self.metrics.child(series, *labels)
+        number = float(value)  # what Gauge.set stores; raises as it would, child created
+        key = (series, labels)
+        with self._set_lock:
+            if _is_repeat(self._last_set.get(key), number):
+                return
+            child.set(number)
+            if self._skip_repeats:
+                self._last_set[key] = number
+
+    def _set_group_state(self, role: str, state: str) -> None:
+        key = (_GROUP_STATE, (role,))
+        with self._set_lock:
+            if self._last_set.get(key) == state:
+                return
+            self.metrics.set_group_state(role, state)
+            if self._skip_repeats:
+                self._last_set[key] = state
 
     # -- events ---------------------------------------------------------------------------
     def _event(self, event: Event) -> None:
@@ -80,8 +155,8 @@ class PrometheusSink(Sink):
         ).set(1)
         max_restarts = md.get("max_restarts")
         if isinstance(max_restarts, (int, float)):
-            m.child("elastiscope_max_restarts", role).set(max_restarts)
-            m.child("elastiscope_remaining_restarts", role).set(max_restarts)
+            self._set_gauge("elastiscope_max_restarts", (role,), max_restarts)
+            self._set_gauge("elastiscope_remaining_restarts", (role,), max_restarts)
         else:
             max_restarts = None
         backend = md.get("rdzv_backend")
@@ -90,9 +165,9 @@ class PrometheusSink(Sink):
     def _state_change(self, event: Event) -> None:
         md = event.metadata
         role, state = self._role(md), _label(md.get("state"))
-        self.metrics.set_group_state(role, state)
+        self._set_group_state(role, state)
         if state == "HEALTHY":
-            with self._lock:
+            with self._restart_lock:
                 started = self._restart_started.pop(role, None)
             if started is not None:
                 ts, reason = started
@@ -105,8 +180,8 @@ class PrometheusSink(Sink):
         self.metrics.child("elastiscope_restarts_total", role, reason).inc()
         remaining = md.get("remaining_restarts")
         if isinstance(remaining, (int, float)):
-            self.metrics.child("elastiscope_remaining_restarts", role).set(remaining)
-        with self._lock:
+            self._set_gauge("elastiscope_remaining_restarts", (role,), remaining)
+        with self._restart_lock:
             self._restart_started[role] = (event.timestamp, reason)
 
     def _rendezvous_complete(self, event: Event) -> None:
@@ -119,7 +194,7 @@ class PrometheusSink(Sink):
         ):
             value = md.get(key)
             if isinstance(value, (int, float)):
-                self.metrics.child(series, role).set(value)
+                self._set_gauge(series, (role,), value)
 
     def _worker_failed(self, event: Event) -> None:
         md = event.metadata
@@ -151,42 +226,33 @@ class PrometheusSink(Sink):
             target = self._targets[key] = classify_metric(point.group_name, point.name)
         return target
 
-    def repeat_key(self, point: MetricPoint) -> object:
-        """The series a point sets (see ``Sink.repeat_key``), or None for one that adds.
+    def _generic(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self._set_gauge("elastiscope_torchelastic_metric", (point.group_name, point.name), point.value)
 
-        Generic names, remaining restarts and the group state are plain sets: the same point
-        twice in a row changes nothing (the group state's key is the role's, whichever state's
-        name set it). Counters and histograms (run outcomes, durations) count every point.
-        """
-        target = self._target(point)
-        if target.kind == "generic":
-            return ("generic", point.group_name, point.name)
-        if target.kind in ("remaining_restarts", "group_state"):
-            return (target.kind, target.labels[0])
-        return None
+    def _remaining_restarts(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self._set_gauge("elastiscope_remaining_restarts", labels, point.value)
 
-    def _metric(self, point: MetricPoint) -> None:
-        target = self._target(point)
-        value, labels, m = point.value, target.labels, self.metrics
-        kind = target.kind
-        if kind == "generic":
-            m.child("elastiscope_torchelastic_metric", point.group_name, point.name).set(value)
-        elif kind == "remaining_restarts":
-            m.child("elastiscope_remaining_restarts", *labels).set(value)
-        elif kind == "group_state":
-            if value:
-                m.set_group_state(*labels)
-        elif kind == "run_outcome":
-            m.child("elastiscope_runs_total", *labels).inc(max(0.0, value))
-        elif kind == "run_total":
-            pass  # the sum of the four run outcomes, which elastiscope_runs_total already holds
-        elif kind == "flakiness":
-            m.child("elastiscope_flakiness_percent", *labels).set(value)
-        elif kind == "worker_cpu":
-            m.set_worker_cpu(*labels, value)
-        elif kind == "worker_rss":
-            m.child("elastiscope_worker_resident_memory_bytes", *labels).set(value)
-        elif kind == "worker_start_duration":
-            m.child("elastiscope_worker_start_duration_seconds", self.role).observe(value / 1000.0)
-        elif kind == "worker_stop_duration":
-            m.child("elastiscope_worker_stop_duration_seconds", self.role).observe(value / 1000.0)
+    def _group_state(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        if point.value:  # torch publishes 1 for the state entered; 0 says nothing
+            self._set_group_state(*labels)
+
+    def _run_outcome(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self.metrics.child("elastiscope_runs_total", *labels).inc(max(0.0, point.value))
+
+    def _run_total(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        pass  # the sum of the four run outcomes, which elastiscope_runs_total already holds
+
+    def _flakiness(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self._set_gauge("elastiscope_flakiness_percent", labels, point.value)
+
+    def _worker_cpu(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self.metrics.set_worker_cpu(*labels, point.value)
+
+    def _worker_rss(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self._set_gauge("elastiscope_worker_resident_memory_bytes", labels, point.value)
+
+    def _worker_start_duration(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self.metrics.child("elastiscope_worker_start_duration_seconds", self.role).observe(point.value / 1000.0)
+
+    def _worker_stop_duration(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self.metrics.child("elastiscope_worker_stop_duration_seconds", self.role).observe(point.value / 1000.0)
