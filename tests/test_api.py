@@ -654,3 +654,10 @@ def test_agent_metrics_reach_a_handler_configured_on_torchs_stream():
             set_pipeline(previous)
         assert "workers.trainer.run_total" in user and "workers.trainer.flakiness" in user
         assert points.names.count("workers.trainer.run_total") == 1
+
+
+def test_worker_states_are_spelled_as_telemetry_names_spells_them():
+    from telemetry import names
+
+    api = importlib.import_module(OURS)
+    assert tuple(s.value for s in api.WorkerState) == names.WORKER_STATES
