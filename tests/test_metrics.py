@@ -218,6 +218,7 @@ def test_a_configured_pipeline_exposes_the_runs_counters_at_zero_from_its_start(
         for retried in ("true", "false"):
             assert sample(samples, "elastiscope_runs_total",
                           role="trainer", outcome=outcome, retried=retried) == 0, (outcome, retried)
+    assert sample(samples, "elastiscope_flakiness_percent", role="trainer") == 0
     for histogram in ("failure_detection", "rendezvous_duration", "rank_assignment_duration",
                       "worker_start_duration", "worker_stop_duration"):
         name = f"elastiscope_{histogram}_seconds"
@@ -230,6 +231,17 @@ def test_zero_series_are_in_the_openmetrics_exposition_too(isolated_telemetry):
     telemetry.emit(ev("elastiscope.agent.run_start", **RUN_START))
     body, _ = render(attached_registry(), "application/openmetrics-text; version=1.0.0")
     assert 'elastiscope_restarts_total{reason="failure",role="trainer"} 0.0' in body.decode()
+
+
+def test_flakiness_is_0_from_the_run_start_until_the_run_reports_it(sink):
+    # A run that has spent no restart is 0 flaky; torch reports the value only at the end, which
+    # the last scrape before the agent exits can miss (the dashboard's Flakiness panel went blank).
+    assert value(sink, "elastiscope_flakiness_percent", role="trainer") is None
+    sink.emit(ev("elastiscope.agent.run_start", **RUN_START))
+    assert value(sink, "elastiscope_flakiness_percent", role="trainer") == 0
+    put(sink, "workers.trainer.flakiness", 50)
+    sink.emit(ev("elastiscope.agent.run_start", **{**RUN_START, "run_id": "r2"}))
+    assert value(sink, "elastiscope_flakiness_percent", role="trainer") == 50  # kept, as counts are
 
 
 def test_the_first_restart_counts_on_top_of_the_zero(sink):

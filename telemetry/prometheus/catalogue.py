@@ -86,7 +86,10 @@ CATALOGUE: tuple[Series, ...] = (
            zero="at run start: all four outcome and retried pairs"),
     Series("elastiscope_flakiness_percent", "gauge", ("role",),
            "0 when the last run needed no restart, rising with restarts spent, 100 when it failed.",
-           "put_metric workers.<role>.flakiness"),
+           "put_metric workers.<role>.flakiness",
+           # A run that has spent no restart yet is 0 flaky; torch reports the value only at
+           # the run's end, which the last scrape before the agent exits can miss.
+           zero="at run start"),
     Series("elastiscope_remaining_restarts", "gauge", ("role",),
            "Restarts the agent may still spend on failures.",
            "put_metric workers.<role>.remaining_restarts; elastiscope.agent.run_start/restart"),

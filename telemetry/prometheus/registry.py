@@ -91,6 +91,9 @@ class AgentMetrics:
         for reason in restart_reasons(max_restarts, rdzv_backend):
             self.child("elastiscope_restarts_total", role, reason)
             self.child("elastiscope_restart_duration_seconds", role, reason)
+        # A run that has spent no restart is 0 flaky; torch reports its flakiness only at the
+        # end, and the last scrape before the agent exits may come too early to see it.
+        self.child("elastiscope_flakiness_percent", role)
 
     def count_events_from_zero(self, kinds: Iterable[tuple[str, str]] = EVENT_KINDS_AT_ZERO) -> None:
         """Create ``elastiscope_events_total{name, source}`` at 0 for each (name, source)."""
