@@ -51,10 +51,10 @@ TRAINING_FLAGS = [
     "--checkpoint-every", "2", "--samples", "512", "--log-every", "2",
 ]
 RUN_DEADLINE = 120.0  # generous: two cold worker starts on a loaded 2-core machine
-SCRAPE_INTERVAL = 0.1
 
 RUN_END = ("elastiscope.agent.run_end", "AGENT")
 ENDPOINT_STARTED = "elastiscope.endpoint.started"
+LINGER_ANNOUNCEMENT = "for a final scrape"  # stderr: "endpoint stays up 5s for a final scrape ..."
 
 # Kinds published on a timer, not by the job's steps: a run may or may not last long enough
 # to see one. torch's rendezvous heartbeat (keep_alive) is the only such source in this job.
@@ -118,8 +118,9 @@ def run_crash_once(workdir: Path, code: Path, pythonpath: str | None) -> JobRun:
     """Run ``python -m agent run`` of the crash-once example from ``code`` as a user would.
 
     ``pythonpath`` set: that checkout is imported (the old code); None: the installed packages.
-    The agent serves /metrics until a scrape after the job's end (its linger), so /metrics is
-    scraped from run_end on until the agent exits; the last answer holds the final state.
+    After the job's end the agent keeps /metrics up until one scrape (its linger, announced on
+    stderr): that one scrape, after run_end is in the log, is the run's final state. Scrapes
+    earlier miss the end; later ones would race the agent's exit.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     event_log = workdir / "events.jsonl"
@@ -147,10 +148,10 @@ def run_crash_once(workdir: Path, code: Path, pythonpath: str | None) -> JobRun:
         started = _poll(lambda: find_event(event_log, ENDPOINT_STARTED), process, deadline)
         url = started["metadata"]["url"] if started else None
         ended = _poll(lambda: find_event(event_log, *RUN_END), process, deadline)
-        while url and ended and process.poll() is None and time.monotonic() < deadline:
-            exposition = scrape(url) or exposition
-            if process.poll() is None:
-                time.sleep(SCRAPE_INTERVAL)  # pacing between scrapes, not synchronisation
+        lingering = _poll(lambda: LINGER_ANNOUNCEMENT in stderr_path.read_text(errors="replace"),
+                          process, deadline)
+        if url and ended and lingering:
+            exposition = _poll(lambda: scrape(url), process, deadline) or ""
         returncode = process.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         returncode = -1
@@ -196,7 +197,8 @@ def event_surface(events: list[dict]) -> dict:
 
 
 def metric_series(exposition: str) -> dict[str, dict]:
-    """``{family: {"type": ..., "labels": [label names]}}`` from a text exposition."""
+    """``{family: {"type": ..., "labels": [label names]}}`` from a text exposition (labels
+    None: the family is declared but has no sample)."""
     families: dict[str, dict] = {}
     current = None
     for line in exposition.splitlines():
@@ -209,9 +211,11 @@ def metric_series(exposition: str) -> dict[str, dict]:
             continue
         sample = line.split("{", 1)[0].split(" ", 1)[0]
         family = current if current and _belongs(sample, current) else sample
-        labels = families.setdefault(family, {"type": "untyped", "labels": set()})["labels"]
-        labels.update(_label_names(line) - SAMPLE_LABELS)
-    return {name: {"type": f["type"], "labels": sorted(f["labels"])}
+        entry = families.setdefault(family, {"type": "untyped", "labels": set()})
+        entry["labels"].update(_label_names(line) - SAMPLE_LABELS)
+        entry["sampled"] = True
+    # A family declared without a single sample has no label names to show: None says so.
+    return {name: {"type": f["type"], "labels": sorted(f["labels"]) if f.get("sampled") else None}
             for name, f in sorted(families.items())}
 
 
@@ -272,6 +276,8 @@ def _list_delta(want, got) -> list[str]:
                 out.extend(_list_delta(want.get(field), got.get(field)) or
                            [f"      {field}: {want.get(field)!r} -> {got.get(field)!r}"])
         return out
+    if isinstance(want, list) and got is None:
+        return ["      no samples at all (declared, but nothing recorded in it)"]
     if isinstance(want, list) and isinstance(got, list):
         gone, new = sorted(set(want) - set(got)), sorted(set(got) - set(want))
         out = []
@@ -318,7 +324,10 @@ def test_crash_once_events_have_the_same_kinds_and_fields(current_run):
 
 def test_metrics_lists_the_same_series(current_run):
     expected = load(METRICS_EXPECTED)
-    assert current_run.exposition, "no /metrics answer after run_end: " + current_run.explain()
+    assert current_run.exposition, (
+        "no /metrics answer during the end-of-job linger (after run_end in the log and the "
+        f"agent's '{LINGER_ANNOUNCEMENT}' line): " + current_run.explain()
+    )
     actual = metric_series(current_run.exposition)
     problems = describe_differences("series", expected["series"], actual)
     assert not problems, (
