@@ -191,7 +191,7 @@ def add_event_routes(
 
 def add_event_page_route(app: FastAPI, ring: Optional["MemorySink"], protection: Protection) -> None:
     """``/events``: the newest ``limit`` matching events after ``since``, oldest first."""
-    Name, State, SourceFilter, Rank = _filter_params()
+    by_name, by_state, by_source, by_rank = _filter_params()
 
     @app.get(
         "/events",
@@ -202,10 +202,10 @@ def add_event_page_route(app: FastAPI, ring: Optional["MemorySink"], protection:
     )
     def get_events(
         since: int = Query(0, ge=0, description="only events after this sequence number"),
-        name: Optional[str] = Name,
-        state: Optional[str] = State,
-        source: Optional[Source] = SourceFilter,
-        rank: Optional[int] = Rank,
+        name: Optional[str] = by_name,
+        state: Optional[str] = by_state,
+        source: Optional[Source] = by_source,
+        rank: Optional[int] = by_rank,
         limit: int = Query(1000, ge=1, le=MAX_EVENTS_PER_PAGE, description="newest N matches"),
     ):
         found, head = EventQuery(name, state, source, rank, limit).run(ring, since)
@@ -217,7 +217,7 @@ def add_event_stream_route(
 ) -> None:
     """``/events/stream``: matching events as server-sent events, from ``since`` (or the
     client's ``Last-Event-ID``, or now) for as long as the client stays."""
-    Name, State, SourceFilter, Rank = _filter_params()
+    by_name, by_state, by_source, by_rank = _filter_params()
 
     @app.get(
         "/events/stream",
@@ -231,10 +231,10 @@ def add_event_stream_route(
         since: Optional[int] = Query(
             None, ge=0, description="start after this sequence number (default: now)"
         ),
-        name: Optional[str] = Name,
-        state: Optional[str] = State,
-        source: Optional[Source] = SourceFilter,
-        rank: Optional[int] = Rank,
+        name: Optional[str] = by_name,
+        state: Optional[str] = by_state,
+        source: Optional[Source] = by_source,
+        rank: Optional[int] = by_rank,
     ):
         if ring is None:
             frames = keep_alive_frames(heartbeat_seconds)

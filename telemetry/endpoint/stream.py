@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from telemetry.endpoint.routes import EventQuery
     from telemetry.sinks.memory import MemorySink
 
-__all__ = ["KEEP_ALIVE", "event_frames", "keep_alive_frames"]
+__all__ = ["KEEP_ALIVE", "sse_frame", "keep_alive_frames", "wake_on_event", "event_frames"]
 
 # A comment line: clients ignore it, proxies and load balancers see a live connection.
 KEEP_ALIVE = ": keep-alive\n\n"
