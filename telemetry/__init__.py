@@ -11,8 +11,7 @@ from telemetry.pipeline import Pipeline
 from telemetry.records import Event, EventSource, MetricPoint
 from telemetry.sink import Sink
 from telemetry.state import get_pipeline, set_pipeline
-
-__version__ = "0.1.0"
+from telemetry.version import __version__
 
 __all__ = [
     "ConfigError",

@@ -30,13 +30,14 @@ from telemetry.delivery import DEFAULT_QUEUE_SIZE
 from telemetry.pipeline import Pipeline, Sink
 from telemetry.sinks import console
 from telemetry.sinks.jsonl import JsonlEventSink
+from telemetry.sinks.memory import MemorySink
 from telemetry.sinks.pushgateway import PushgatewaySink
 
 __all__ = ["ConfigError", "TelemetrySettings", "resolve_settings", "configure", "shutdown", "render_metrics"]
 
-# What ``record(event, "console")`` and ``record(event, "framework_logger")`` add, in every
-# process (torch's handler names).
-state.set_builtin_destinations(console.DESTINATIONS)
+# Every process keeps a ring of recent events (the endpoint's /events), and accepts torch's
+# ``console`` and ``framework_logger`` destinations of ``record``.
+state.set_defaults(event_ring=MemorySink, destinations=console.DESTINATIONS)
 
 
 class ConfigError(ValueError):

@@ -19,11 +19,10 @@ import time
 from typing import Any, Callable, ContextManager, Mapping
 
 from telemetry.pipeline import Destinations, Pipeline, Sink
-from telemetry.sinks.memory import MemorySink
 
 __all__ = [
     "get_pipeline", "set_pipeline", "event_ring", "metrics_registry", "set_metrics_registry",
-    "register_destination", "set_builtin_destinations", "span_factory", "traceparent_source",
+    "register_destination", "set_defaults", "span_factory", "traceparent_source",
     "set_tracer_hooks", "log_context", "bind_log_context", "log_handler", "set_log_handler",
     "configured", "set_configured", "on_exit", "undo_on_reset", "install_exit_handlers",
     "close_at_exit", "reset", "EXIT_FLUSH_TIMEOUT_S",
@@ -40,7 +39,7 @@ class _State:
 
     def __init__(self, builtin_destinations: Mapping[str, Callable[[], Sink] | None]) -> None:
         self.pipeline: Pipeline | None = None
-        self.event_ring: MemorySink | None = None
+        self.event_ring: Sink | None = None
         # The CollectorRegistry /metrics renders: the attached Prometheus sink's (None: none yet).
         self.metrics_registry: Any = None
         self.destinations = Destinations(builtin_destinations)
@@ -57,8 +56,11 @@ class _State:
         self.handled_signals: set[int] = set()
 
 
-# Destinations every fresh state starts with; the composition root adds the console ones.
+# What every fresh state starts with, named once by the composition root (telemetry.config, which
+# the package imports first) so that this module knows no concrete sink: the event ring's
+# factory and the built-in destinations.
 _builtin_destinations: dict[str, Callable[[], Sink] | None] = {}
+_event_ring_factory: Callable[[], Sink] | None = None
 _lock = threading.RLock()  # reentrant: a signal handler may interrupt a holder on this thread
 _log_context_lock = threading.Lock()
 _state = _State(_builtin_destinations)
@@ -66,8 +68,20 @@ _state = _State(_builtin_destinations)
 
 # -- the pipeline ----------------------------------------------------------------------------
 
-def event_ring() -> MemorySink:
-    """The ring of recent events (the endpoint's /events and /status), one per process.
+def set_defaults(*, event_ring: Callable[[], Sink],
+                 destinations: Mapping[str, Callable[[], Sink] | None]) -> None:
+    """What a fresh process has: ``event_ring()`` builds the ring of recent events (the memory
+    sink), ``destinations`` are the built-in ``record`` destinations. Called by telemetry.config."""
+    global _event_ring_factory
+    _event_ring_factory = event_ring
+    _builtin_destinations.update(destinations)
+    for name, factory in destinations.items():
+        _state.destinations.register(name, factory)
+
+
+def event_ring() -> Any:
+    """The ring of recent events (a MemorySink: the endpoint's /events and /status), one per
+    process until ``reset()``.
 
     Every pipeline the process installs through ``configure()`` delivers to this same ring, so
     its history outlives reconfiguration; the endpoint is handed it explicitly.
@@ -76,7 +90,9 @@ def event_ring() -> MemorySink:
     if ring is None:
         with _lock:
             if _state.event_ring is None:
-                _state.event_ring = MemorySink()
+                if _event_ring_factory is None:  # only if telemetry.config was never imported
+                    raise RuntimeError("telemetry.config names the event ring; import telemetry first")
+                _state.event_ring = _event_ring_factory()
             ring = _state.event_ring
     return ring
 
@@ -119,13 +135,6 @@ def _install(pipeline: Pipeline) -> None:
 def register_destination(name: str, factory: Callable[[], Sink] | None) -> None:
     """Make ``name`` a valid ``record`` destination (None: accepted, adds no output)."""
     _state.destinations.register(name, factory)
-
-
-def set_builtin_destinations(factories: Mapping[str, Callable[[], Sink] | None]) -> None:
-    """The destinations a fresh process has (the composition root names them once, at import)."""
-    _builtin_destinations.update(factories)
-    for name, factory in factories.items():
-        _state.destinations.register(name, factory)
 
 
 # -- /metrics ----------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def run_job(fail_attempts: int = 0, max_restarts: int = 1, code: str = FLAKY_WOR
     try:
         return agent.run()
     finally:
-        handler = agent._worker_group.spec.rdzv_handler
+        handler = agent.get_worker_group().spec.rdzv_handler
         if hasattr(handler, "shutdown"):
             try:
                 handler.shutdown()

@@ -32,10 +32,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from telemetry import __version__, names, tracing
+from telemetry import names, tracing
 from telemetry.events import metadata_scalar
 from telemetry.records import Event
 from telemetry.sink import Sink
+from telemetry.version import __version__
 
 __all__ = ["setup_otel", "OtelHandle", "OtelLogSink", "AgentTracer", "ExporterUnavailable"]
 
