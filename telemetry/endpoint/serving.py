@@ -211,21 +211,19 @@ def serve_app(
 ) -> EndpointServer:
     """Serve the endpoint app on an already bound socket, from a daemon thread (see ``lazy``
     on :class:`EndpointServer`). ``events`` is the event ring the app reads."""
-    holder: list[EndpointServer] = []
 
     def build() -> Any:
-        # The server notes each scrape for the end-of-job linger; it exists by the time an app
-        # is built (on its own thread), not yet when this factory is made.
+        # The server notes each scrape for the end-of-job linger. ``server`` is looked up when
+        # the app is built (on the server's thread, after start()), so it exists by then.
         return create_app(
             status_provider,
             events,
             token=token,
             metrics=metrics,
-            on_metrics_scrape=lambda: holder[0].note_scrape(),
+            on_metrics_scrape=server.note_scrape,
         )
 
     server = EndpointServer(sock, build, lazy=lazy)
-    holder.append(server)
     return server.start()
 
 
