@@ -7,7 +7,7 @@ agent records an event or puts a metric, this one does too, through the module-l
 intercept them). Everything Elastiscope adds lives in modules of its own and is only called
 from here: its events (``agent.run_events``: run start/end, restarts and their reasons, state
 changes, rendezvous results) travel on ``telemetry.emit``, apart from torch's calls, so a test
-that counts torch's calls sees torch's counts; spans come from ``telemetry.tracing``; metrics
+that counts torch's calls sees torch's counts; spans are ``agent.run_spans``; metrics
 take the path ``agent.torchelastic_metrics`` documents; the exit barrier is
 ``agent.exit_barrier``; the patches to torch (``agent.torch_patches``) go in when an agent is
 constructed.
@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
-from agent import run_events, torch_patches, torchelastic_metrics
+from agent import run_events, run_spans, torch_patches, torchelastic_metrics
 from agent.exit_barrier import barrier_between_agents
 from agent.hostname import fq_hostname
 from agent.run_events import program_name as _program_name  # noqa: F401  (old home; tests/test_program_name.py)
-from telemetry import names, tracing
+from telemetry import names
 from telemetry.events import Event, EventSource, record
 
 if TYPE_CHECKING:
@@ -416,7 +416,7 @@ class SimpleElasticAgent(ElasticAgent):
         spec = worker_group.spec
         previous_world_size = worker_group.workers[0].world_size if worker_group.workers else -1
 
-        with tracing.span("rendezvous", role=spec.role), self.record_duration("RENDEZVOUS"):
+        with run_spans.step(run_spans.RENDEZVOUS, spec.role), self.record_duration("RENDEZVOUS"):
             rdzv_info = spec.rdzv_handler.next_rendezvous()
         store = rdzv_info.store
         group_rank = rdzv_info.rank
@@ -430,7 +430,7 @@ class SimpleElasticAgent(ElasticAgent):
 
         self._store = store
 
-        with tracing.span("assign_worker_ranks", role=spec.role), self.record_duration(
+        with run_spans.step(run_spans.ASSIGN_WORKER_RANKS, spec.role), self.record_duration(
             "ASSIGN_WORKER_RANKS"
         ):
             workers = self._assign_worker_ranks(store, group_rank, group_world_size, spec)
@@ -531,7 +531,7 @@ class SimpleElasticAgent(ElasticAgent):
         self._rendezvous(worker_group)
 
         logger.info("[%s] starting worker group", spec.role)
-        with tracing.span("start_workers", role=spec.role):
+        with run_spans.step(run_spans.START_WORKERS, spec.role):
             worker_ids = self._start_workers(worker_group)
         for local_rank, worker_id in worker_ids.items():
             worker = worker_group.workers[local_rank]
@@ -543,7 +543,7 @@ class SimpleElasticAgent(ElasticAgent):
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
         """Stop every local worker, then rendezvous and start them again."""
         logger.info("[%s] stopping worker group", worker_group.spec.role)
-        with tracing.span("stop_workers", role=worker_group.spec.role):
+        with run_spans.step(run_spans.STOP_WORKERS, worker_group.spec.role):
             self._stop_workers(worker_group)
         worker_group.state = WorkerState.STOPPED
         self._initialize_workers(worker_group)
@@ -560,7 +560,7 @@ class SimpleElasticAgent(ElasticAgent):
         shutdown_done = False
         run_events.run_start(self._worker_group)
         try:
-            with tracing.span("run", role=self._worker_group.spec.role):
+            with run_spans.step(run_spans.RUN, self._worker_group.spec.role):
                 result = self._invoke_run(role)
             self._total_execution_time = int(time.monotonic() - started)
             self._record_metrics(result)
@@ -635,10 +635,10 @@ class SimpleElasticAgent(ElasticAgent):
                         self._worker_group, names.RESTART_FAILURE, self._remaining_restarts,
                         failed_ranks=run_result.failures.keys(),
                     )
-                    with tracing.span("restart", role=role, reason=names.RESTART_FAILURE):
+                    with run_spans.step(run_spans.RESTART, role, reason=names.RESTART_FAILURE):
                         self._restart_workers(self._worker_group)
                 else:
-                    with tracing.span("stop_workers", role=role):
+                    with run_spans.step(run_spans.STOP_WORKERS, role):
                         self._stop_workers(self._worker_group)
                     self._worker_group.state = WorkerState.FAILED
                     return run_result
@@ -655,7 +655,7 @@ class SimpleElasticAgent(ElasticAgent):
                         self._worker_group, names.RESTART_MEMBERSHIP, self._remaining_restarts,
                         nodes_waiting=waiting,
                     )
-                    with tracing.span("restart", role=role, reason=names.RESTART_MEMBERSHIP):
+                    with run_spans.step(run_spans.RESTART, role, reason=names.RESTART_MEMBERSHIP):
                         self._restart_workers(self._worker_group)
             else:
                 raise Exception(f"[{role}] Worker group in {state.name} state")  # noqa: TRY002
@@ -684,7 +684,7 @@ class SimpleElasticAgent(ElasticAgent):
         started = time.time()
         self._in_exit_barrier = True
         try:
-            with tracing.span("exit_barrier", role=self._worker_group.spec.role):
+            with run_spans.step(run_spans.EXIT_BARRIER, self._worker_group.spec.role):
                 barrier_between_agents(
                     store=self._store,
                     world_size=self._worker_group.group_world_size,
