@@ -67,8 +67,8 @@ class TelemetrySettings:
         return bool(self.otlp_endpoint or self.otel_console)
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 def _flag(value: str, name: str) -> bool:

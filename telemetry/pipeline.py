@@ -16,6 +16,7 @@ import importlib
 import logging
 import threading
 import time
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from telemetry.delivery import DEFAULT_QUEUE_SIZE, Delivery, SinkStats, make_delivery
@@ -170,10 +171,6 @@ class Pipeline:
         except Exception:  # a bug of ours must not reach the training job either
             log.debug("telemetry publish failed", exc_info=True)
 
-    def publish_metric(self, group: str, name: str, value: Any) -> None:
-        """``publish(MetricPoint(time.time(), group, name, value))``. Never raises, never blocks."""
-        self.publish(MetricPoint(time.time(), group, name, value))
-
     def _destination(self, name: str) -> Delivery | None:
         try:
             return self._destination_deliveries[name]
@@ -228,14 +225,14 @@ class Pipeline:
 # Names that moved (to telemetry.state, or telemetry.events for publish_metric), whose new
 # modules import this one: kept importable from here, resolved on first use, for callers
 # written before the move. New code imports them from telemetry or telemetry.state.
-_MOVED = {
+_MOVED = MappingProxyType({
     "get_pipeline": "telemetry.state",
     "set_pipeline": "telemetry.state",
     "register_destination": "telemetry.state",
     "on_exit": "telemetry.state",
     "install_exit_handlers": "telemetry.state",
     "publish_metric": "telemetry.events",
-}
+})
 
 
 def __getattr__(name: str) -> Any:

@@ -345,7 +345,7 @@ def test_a_sink_whose_wants_raises_does_not_keep_records_from_the_others():
     assert every.count == 2
 
 
-def test_publish_metric_delivers_every_point_even_a_repeat():
+def test_every_metric_point_is_delivered_even_a_repeat():
     class Values(Sink):
         name, synchronous, events = "values", True, False
 
@@ -358,7 +358,7 @@ def test_publish_metric_delivers_every_point_even_a_repeat():
     sink = Values()
     p = Pipeline([sink])
     for _ in range(3):
-        p.publish_metric("g", "a", 7)
+        p.publish(MetricPoint(0.0, "g", "a", 7))
     assert sink.values == [("g", "a", 7)] * 3
     assert p.stats()["values"] == {"offered": 3, "delivered": 3, "dropped": 0, "errors": 0}
 
