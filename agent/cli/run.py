@@ -24,13 +24,14 @@ from agent.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobError, UsageEr
 from agent.cli.messages import PROG, say
 from agent.cli.spec import plan_launch, resolve_nproc, settle_rendezvous
 from agent.cli.validate import check_run_args
-from agent.api import _get_fq_hostname as fq_hostname  # until agent.hostname lands
-from telemetry import server
+from agent.hostname import fq_hostname
+from telemetry import state
 from telemetry.config import ConfigError, configure, resolve_settings, shutdown
+from telemetry.endpoint import EndpointError, EndpointServer, bind_socket, check_exposure, serve_app
 from telemetry.events import emit, record
 from telemetry.names import ENDPOINT_STARTED
-from telemetry.pipeline import get_pipeline
 from telemetry.records import Event, EventSource
+from telemetry.sinks.endpoint_warm_up import WarmUpWhenHealthy
 
 __all__ = ["run_command"]
 
@@ -76,7 +77,7 @@ class Run:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.endpoint: Any = None
+        self.endpoint: EndpointServer | None = None
         self.status: StatusBoard | None = None
         self.event_log: str | None = None
         self.started = False  # the agent was handed the job
@@ -108,18 +109,16 @@ class Run:
         except ConfigError as e:
             raise UsageError(str(e)) from None
 
-    def _open_endpoint(self) -> Any:
+    def _open_endpoint(self) -> EndpointServer:
         args = self.args
         try:
-            server.check_exposure(args.metrics_host, args.token, not args.no_token_required)
-            sock = server.bind_socket(args.metrics_host, args.metrics_port)
-        except server.EndpointError as e:
+            check_exposure(args.metrics_host, args.token, not args.no_token_required)
+            sock = bind_socket(args.metrics_host, args.metrics_port)
+        except EndpointError as e:
             raise UsageError(str(e)) from None
-        # configure() carries this ring over into the pipeline it builds, so the app can hold it
-        # now. Lazy: the web stack loads at the first request or once the workers run.
-        return server.serve_app(
-            sock, self.status, get_pipeline().find("memory"), token=args.token, lazy=True
-        )
+        # The process's event ring outlives the pipelines configure() builds, so the app can
+        # hold it now. Lazy: the web stack loads at the first request or once the workers run.
+        return serve_app(sock, self.status, state.event_ring(), token=args.token, lazy=True)
 
     # ---- the job ----
 
@@ -154,7 +153,7 @@ class Run:
         args = self.args
         extra_sinks = []
         if self.endpoint is not None:
-            extra_sinks.append(server.WarmUpWhenHealthy(self.endpoint, delay=ENDPOINT_WARM_UP_DELAY))
+            extra_sinks.append(WarmUpWhenHealthy(self.endpoint, delay=ENDPOINT_WARM_UP_DELAY))
         try:
             pipeline = configure(
                 event_log=self.event_log,

@@ -15,6 +15,7 @@ import uuid
 from typing import Any, Callable, NamedTuple
 
 from agent.api import WorkerSpec
+from agent.python_cmdline import parse_python_args
 from agent.cli.errors import JobError, UsageError, first_line
 from agent.cli.validate import (
     is_standalone,
@@ -103,10 +104,13 @@ def _entrypoint(args: argparse.Namespace) -> tuple[Callable | str, list[str]]:
 
 
 def _entrypoint_name(entrypoint: Callable | str, args: list[str]) -> str:
+    """What torchrun's failure report calls the job: the function, the script or module run by
+    the interpreter, or the program."""
     if callable(entrypoint):
         return entrypoint.__name__
     if entrypoint == sys.executable or entrypoint == os.getenv("PYTHON_EXEC"):
-        return next((a for a in args if not a.startswith("-")), "")
+        command = parse_python_args(args)
+        return command.module or command.script or command.command or ""
     return entrypoint
 
 
