@@ -13,7 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_agent import script_spec  # noqa: E402
-from telemetry.pipeline import Pipeline, Sink, set_pipeline  # noqa: E402
+from telemetry.pipeline import Pipeline  # noqa: E402
+from telemetry.sink import Sink  # noqa: E402
+from telemetry.state import set_pipeline  # noqa: E402
 
 
 class JsonLinesSink(Sink):
