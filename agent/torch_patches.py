@@ -1,7 +1,8 @@
 """Every change Elastiscope makes inside torch's modules, in one place, applied at one moment.
 
-``apply()`` puts all of them in; ``remove()`` (for tests) takes them out again. Both are
-idempotent. ``SimpleElasticAgent.__init__`` calls ``apply()``: constructing an agent is the
+``apply()`` puts all of them in; ``remove()`` takes them out again, and ``telemetry.state.reset()``
+calls it (tests reset telemetry after each test, so each starts with torch as torch ships). Both
+are idempotent. ``SimpleElasticAgent.__init__`` calls ``apply()``: constructing an agent is the
 earliest moment that is still the agent's own, before it makes any rendezvous or publishes any
 metric, and it holds for every way an agent is driven (``run()``, or a subclass or test calling
 ``_rendezvous``/``_initialize_workers`` directly). The rendezvous handler is usually built
@@ -51,7 +52,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from telemetry.pipeline import get_pipeline
+from telemetry import state
 from telemetry.records import MetricPoint
 from telemetry.torch_bridge import rendezvous_event
 
@@ -134,7 +135,7 @@ class RendezvousLogTap(logging.Handler):
 
     def emit(self, log_record: logging.LogRecord) -> None:
         try:
-            get_pipeline().publish(rendezvous_event(log_record.getMessage()))
+            state.get_pipeline().publish(rendezvous_event(log_record.getMessage()))
         except Exception:
             logger.debug("rendezvous event tap failed", exc_info=True)
         self.forward(log_record)
@@ -180,7 +181,7 @@ class RendezvousRecorder:
                 "local_id": local_id,
                 "error_trace": traceback.format_exc() if failed else "",
             }
-            get_pipeline().publish(rendezvous_event(fields))
+            state.get_pipeline().publish(rendezvous_event(fields))
             self._forward(fields)
         except Exception:
             logger.debug("rendezvous event recorder failed", exc_info=True)
@@ -209,7 +210,7 @@ def _metric_tap_class(metric_handler_base: type) -> type:
 
         def emit(self, metric_data) -> None:
             try:
-                get_pipeline().publish(MetricPoint(metric_data.timestamp, metric_data.group_name,
+                state.get_pipeline().publish(MetricPoint(metric_data.timestamp, metric_data.group_name,
                                                    metric_data.name, metric_data.value))
             except Exception:
                 logger.debug("metric tap failed", exc_info=True)
@@ -339,11 +340,12 @@ def apply() -> bool:
         dynamic_rendezvous = _import(_DYNAMIC_RENDEZVOUS)
         if dynamic_rendezvous is not None:
             _patch_dynamic_rendezvous(dynamic_rendezvous)
-        return True
+    state.undo_on_reset(remove)
+    return True
 
 
 def remove() -> None:
-    """Give torch back what ``apply()`` replaced (where ours is still in place). For tests."""
+    """Give torch back what ``apply()`` replaced (where ours is still in place)."""
     with _apply_lock:
         metrics_api = sys.modules.get(_METRICS_API)
         if metrics_api is not None:

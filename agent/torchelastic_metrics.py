@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from agent.torch_patches import handler_behind_tap
-from telemetry.pipeline import publish_metric as publish_to_pipeline
+from telemetry.events import put_metric as put_into_pipeline
 
 __all__ = ["publish", "TORCHELASTIC_GROUP"]
 
@@ -36,9 +36,7 @@ logger = logging.getLogger(__name__)
 
 def publish(name: str, value: Any, group: str = TORCHELASTIC_GROUP) -> None:
     """One of the agent's torchelastic data points: into the pipeline and torch's handler. Never raises."""
-    # The run loop publishes four points per monitor pass, ten times a second, nearly all
-    # repeats: the pipeline's publish_metric is the path that can skip a repeat cheaply.
-    publish_to_pipeline(group, name, value)
+    put_into_pipeline(name, value, group)
     _deliver_to_torch_handler(name, value, group)
 
 

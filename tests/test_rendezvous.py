@@ -20,7 +20,7 @@ from agent import torch_patches
 from agent.api import WorkerSpec, WorkerState
 from agent.local import LocalElasticAgent
 from helpers.local_agent import WORKERS
-from telemetry.pipeline import Pipeline, set_pipeline
+from telemetry import Pipeline, set_pipeline
 
 JITTER = (0, 0.3)
 
@@ -126,7 +126,7 @@ def test_fast_event_names_are_the_names_inspect_stack_gives():
 
 def test_rendezvous_events_keep_their_method_names(tmp_path):
     from telemetry.events import Event
-    from telemetry.pipeline import Sink
+    from telemetry import Sink
 
     class Names(Sink):
         name, synchronous = "names", True

@@ -11,7 +11,7 @@ import torch.distributed.elastic.rendezvous.c10d_rendezvous_backend as c10d_back
 import torch.distributed.elastic.rendezvous.dynamic_rendezvous as dynamic_rendezvous
 
 from agent import torch_patches
-from telemetry.pipeline import Pipeline, set_pipeline
+from telemetry import Pipeline, set_pipeline
 from telemetry.sink import Sink
 
 
@@ -93,3 +93,12 @@ def test_the_rendezvous_log_line_still_reaches_the_handler_torch_had():
         torch_handlers._log_handlers["dynamic_rendezvous"] = previous
         set_pipeline(previous_pipeline)
     assert len(lines) == 1 and '"message": "hello"' in lines[0] and "X.y" in lines[0]
+
+
+def test_resetting_telemetry_takes_the_patches_out():
+    from telemetry import state
+
+    assert torch_patches.apply()
+    state.reset()
+    assert not torch_patches.applied()
+    assert not isinstance(dynamic_rendezvous._delay, torch_patches.JoinJitterSwitch)
