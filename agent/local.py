@@ -15,21 +15,17 @@ process layer of :mod:`agent.processes` underneath:
 
 from __future__ import annotations
 
-import json
 import logging
+import multiprocessing
 import operator
-import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
-from string import Template
 from typing import Any
-from collections.abc import Iterator
 
-from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, LogsSpecs, SignalException
-from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, LogsSpecs
 
+from agent import rendezvous
 from agent.api import (
     DEFAULT_ROLE,
     RunResult,
@@ -43,24 +39,22 @@ from agent.processes import (
     LogTee,
     ProgramSpawner,
     StandbyPool,
-    TeeRoute,
     WorkerLaunch,
     WorkerSet,
-    python_invocation,
     read_usage,
-    standby_argv,
+    shared_invocation,
 )
-from agent import rendezvous
-from telemetry import tracing
-from telemetry.events import Event, EventSource, emit
+from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
+from agent.worker_env import substitute_local_rank, worker_env
+from agent.worker_failures import emit_worker_failed, process_failure
+from agent.worker_logs import log_tee_for
+from agent.worker_status import group_status
 from telemetry.events import put_metric
 
 __all__ = ["LocalElasticAgent", "DEFAULT_SIGNALS_TO_HANDLE"]
 
 logger = logging.getLogger(__name__)
 
-# Same variable and default as torch: which signals turn into a SignalException in the agent.
-DEFAULT_SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT"
 # Standbys start this long after an attempt's workers, so as not to slow their own start-up.
 STANDBY_DELAY_S = 0.2
 _worker_id = operator.attrgetter("id")
@@ -81,7 +75,7 @@ class LocalElasticAgent(SimpleElasticAgent):
     ``warm_standby``: when the workers are this interpreter running a script (or ``-m``
     module) and a restart is possible, keep one standby interpreter per worker started ahead
     of time, so that a restart does not wait for interpreter start-up (see
-    :mod:`agent.processes`). Set it False to always start workers cold.
+    :mod:`agent.processes.standby`). Set it False to always start workers cold.
 
     Run it from the thread that should own the workers (normally the main thread, where the
     termination signals are handled): workers are tied to the life of that thread.
@@ -122,7 +116,7 @@ class LocalElasticAgent(SimpleElasticAgent):
     # ---- the run -----------------------------------------------------------------------
 
     def run(self, role: str = DEFAULT_ROLE) -> RunResult:
-        with _signals_raise_in_run_loop():
+        with signals_raise_in_run_loop():
             if isinstance(self._worker_group.spec.entrypoint, str):
                 # Boots while the first rendezvous runs instead of after it. A failure here
                 # surfaces again, inside the run and its events, when workers start.
@@ -147,7 +141,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             raise AssertionError
         restart_count = spec.max_restarts - self._remaining_restarts
         envs = {
-            worker.local_rank: self._worker_env(worker_group, worker, restart_count)
+            worker.local_rank: worker_env(worker_group, worker, restart_count)
             for worker in worker_group.workers
         }
         # Creates this attempt's log directories and adds TORCHELASTIC_ERROR_FILE to envs.
@@ -157,7 +151,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             WorkerLaunch(
                 local_rank=local_rank,
                 entrypoint=spec.entrypoint,
-                args=tuple(_substitute_local_rank(spec.args, local_rank)),
+                args=tuple(substitute_local_rank(spec.args, local_rank)),
                 env=env,
                 stdout=logs.stdouts[local_rank],
                 stderr=logs.stderrs[local_rank],
@@ -169,8 +163,6 @@ class LocalElasticAgent(SimpleElasticAgent):
         spawner = self._ensure_spawner() if isinstance(spec.entrypoint, str) else None
         mp_context = None
         if not isinstance(spec.entrypoint, str):
-            import multiprocessing
-
             mp_context = multiprocessing.get_context(self._start_method)
         workers = WorkerSet.start(
             launches, spawner=spawner, mp_context=mp_context, standbys=self._standbys
@@ -181,7 +173,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._all_running = True
         self._looked_for_exits = False
         self._reported_failures = set()
-        self._log_tee = self._make_log_tee(worker_group, logs).start()
+        self._log_tee = log_tee_for(worker_group, logs, self._log_line_prefix_template).start()
         self._next_sample = time.monotonic()
         self._plan_standbys(spec)
         return workers.pids()
@@ -205,15 +197,10 @@ class LocalElasticAgent(SimpleElasticAgent):
         """The Python invocation every local rank shares, or None if standbys do not apply."""
         if not self._warm_standby:
             return None
-        invocations = [
-            python_invocation(spec.entrypoint, tuple(_substitute_local_rank(spec.args, rank)))
-            for rank in range(spec.local_world_size)
-        ]
-        if any(i is None for i in invocations):
-            return None
-        if len({tuple(standby_argv(i)) for i in invocations}) != 1:
-            return None
-        return invocations[0]
+        args_per_rank = (
+            tuple(substitute_local_rank(spec.args, rank)) for rank in range(spec.local_world_size)
+        )
+        return shared_invocation(spec.entrypoint, args_per_rank)
 
     def _fill_standbys(self) -> None:
         self._standby_due = None
@@ -225,61 +212,6 @@ class LocalElasticAgent(SimpleElasticAgent):
             self._standbys.fill(invocation, spec.local_world_size)
         except Exception:  # a restart without standbys is only slower
             logger.warning("could not start standby interpreters", exc_info=True)
-
-    def _worker_env(self, worker_group: WorkerGroup, worker, restart_count: int) -> dict[str, str]:
-        """The variables a torchrun worker sees, plus TRACEPARENT when tracing is on."""
-        spec = worker_group.spec
-        env = {
-            "RANK": str(worker.global_rank),
-            "GROUP_RANK": str(worker_group.group_rank),
-            "ROLE_RANK": str(worker.role_rank),
-            "ROLE_NAME": spec.role,
-            "LOCAL_WORLD_SIZE": str(spec.local_world_size),
-            "WORLD_SIZE": str(worker.world_size),
-            "GROUP_WORLD_SIZE": str(worker_group.group_world_size),
-            "ROLE_WORLD_SIZE": str(worker.role_world_size),
-            "MASTER_ADDR": str(worker_group.master_addr),
-            "MASTER_PORT": str(worker_group.master_port),
-            "TORCHELASTIC_RESTART_COUNT": str(restart_count),
-            "TORCHELASTIC_MAX_RESTARTS": str(spec.max_restarts),
-            "TORCHELASTIC_RUN_ID": spec.rdzv_handler.get_run_id(),
-            "TORCHELASTIC_USE_AGENT_STORE": str(spec.rdzv_handler.use_agent_store),
-            "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.getenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
-        }
-        env.update(_local_rank_env(worker.local_rank, spec.virtual_local_rank))
-        if "OMP_NUM_THREADS" in os.environ:
-            env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
-        traceparent = tracing.traceparent()
-        if traceparent:
-            env["TRACEPARENT"] = traceparent
-        return env
-
-    def _make_log_tee(self, worker_group: WorkerGroup, logs) -> LogTee:
-        import sys
-
-        spec = worker_group.spec
-        prefixes = {w.local_rank: self._log_prefix(spec.role, w) for w in worker_group.workers}
-        filtered = []
-        routes = []
-        for tee_files, console, filters, filtered_path in (
-            (logs.tee_stdouts, sys.stdout, spec.duplicate_stdout_filters, logs.filtered_stdout),
-            (logs.tee_stderrs, sys.stderr, spec.duplicate_stderr_filters, logs.filtered_stderr),
-        ):
-            outputs: list = [(console, None)]
-            if filters and tee_files:
-                sink = open(filtered_path, "w", errors="replace", buffering=1)  # noqa: SIM115
-                filtered.append(sink)
-                outputs.append((sink, lambda line, needles=tuple(filters): any(n in line for n in needles)))
-            for local_rank, path in tee_files.items():
-                routes.append(TeeRoute(path, prefixes[local_rank], outputs))
-        return _LogTeeWithFiles(routes, filtered)
-
-    def _log_prefix(self, role: str, worker) -> str:
-        if self._log_line_prefix_template is None:
-            return f"[{role}{worker.local_rank}]:"
-        return Template(self._log_line_prefix_template).safe_substitute(
-            role_name=role, rank=worker.global_rank, local_rank=worker.local_rank
-        )
 
     # ---- rendezvous ----------------------------------------------------------------------
 
@@ -349,11 +281,14 @@ class LocalElasticAgent(SimpleElasticAgent):
             newly_failed = [w for w in failed if w.pid not in self._reported_failures]
             failures = {}
             for proc in failed:
-                failure = _process_failure(proc)
+                failure = process_failure(proc)
                 failures[worker_group.workers[proc.local_rank].global_rank] = failure
                 if proc in newly_failed:
                     self._reported_failures.add(proc.pid)
-                    self._emit_worker_failed(worker_group, proc, failure)
+                    emit_worker_failed(
+                        worker_group, proc, failure, self._identity(),
+                        agent_restarts=worker_group.spec.max_restarts - self._remaining_restarts,
+                    )
             if newly_failed:
                 summary = ", ".join(f"local_rank {p.local_rank} exitcode {p.exit_code}" for p in newly_failed)
                 logger.error("[%s] worker(s) failed: %s; stopping the others", role, summary)
@@ -368,33 +303,6 @@ class LocalElasticAgent(SimpleElasticAgent):
             }
             return RunResult(state=WorkerState.SUCCEEDED, return_values=return_values)
         return RunResult(state=WorkerState.HEALTHY)
-
-    def _emit_worker_failed(self, worker_group: WorkerGroup, proc, failure: ProcessFailure) -> None:
-        """Publish a failure the moment it is seen, not at the end of the run like torch's events."""
-        try:
-            worker = worker_group.workers[proc.local_rank]
-            signal_name = failure.signal_name() if failure.exitcode < 0 else None
-            message = failure.message
-            if isinstance(message, dict):
-                message = message.get("message", json.dumps(message))
-            metadata = self._identity()
-            metadata.update(
-                global_rank=worker.global_rank,
-                local_rank=proc.local_rank,
-                role_rank=worker.role_rank,
-                worker_id=str(proc.pid),
-                state="FAILED",
-                exit_code=failure.exitcode,
-                signal=signal_name if signal_name != "<N/A>" else None,
-                worker_pid=proc.pid,
-                error_message=str(message),
-                raw_error=json.dumps(failure.error_file_data),
-                detect_latency_ms=round(max(0.0, time.time() - proc.exited_at) * 1000, 3),
-                agent_restarts=worker_group.spec.max_restarts - self._remaining_restarts,
-            )
-            emit(Event("elastiscope.worker.failed", EventSource.WORKER, metadata=metadata))
-        except Exception:
-            logger.debug("could not emit elastiscope.worker.failed", exc_info=True)
 
     def _sample_resources(self, workers: WorkerSet) -> None:
         role = self._worker_group.spec.role
@@ -448,150 +356,6 @@ class LocalElasticAgent(SimpleElasticAgent):
 
     def status_snapshot(self) -> dict[str, Any]:
         """The group and its workers as plain data; safe and cheap to call from any thread."""
-        group = self._worker_group
-        spec = group.spec
         with self._status_lock:
             workers = self._workers
-        procs = {p.local_rank: p for p in workers.workers} if workers is not None else {}
-        try:
-            run_id = spec.rdzv_handler.get_run_id()
-        except Exception:
-            run_id = None
-        members = list(group.workers)
-        remaining = self._remaining_restarts
-        return {
-            "run_id": run_id,
-            "role": spec.role,
-            "state": group.state.value,
-            "restarts_used": spec.max_restarts - remaining,
-            "remaining_restarts": remaining,
-            "max_restarts": spec.max_restarts,
-            "group_rank": group.group_rank,
-            "group_world_size": group.group_world_size,
-            "world_size": members[0].world_size if members and members[0].world_size >= 0 else None,
-            "workers": [_worker_status(w, procs.get(w.local_rank)) for w in members],
-        }
-
-
-class _LogTeeWithFiles(LogTee):
-    """A LogTee that also owns the files holding the filtered copies (closed on stop)."""
-
-    def __init__(self, routes: list[TeeRoute], owned: list) -> None:
-        super().__init__(routes)
-        self._owned = owned
-
-    def stop(self, timeout: float = 5.0) -> None:
-        super().stop(timeout)
-        for f in self._owned:
-            f.close()
-        self._owned = []
-
-
-def _worker_status(worker, proc) -> dict[str, Any]:
-    if proc is None:
-        state, pid, start, code, cpu, rss = "INIT", None, None, None, None, None
-    else:
-        if proc.running:
-            state = "HEALTHY"
-        elif proc.exit_code == 0:
-            state = "SUCCEEDED"
-        elif proc.stopped_by_agent:
-            state = "TERMINATED"
-        else:
-            state = "FAILED"
-        pid, start, code = proc.pid, proc.started_at, proc.exit_code
-        cpu, rss = proc.cpu_seconds, proc.rss_bytes
-    return {
-        "local_rank": worker.local_rank,
-        "global_rank": worker.global_rank,
-        "role_rank": worker.role_rank,
-        "pid": pid,
-        "state": state,
-        "start_time": start,
-        "exit_code": code,
-        "cpu_seconds": cpu,
-        "rss_bytes": rss,
-    }
-
-
-def _process_failure(proc) -> ProcessFailure:
-    """torch's ProcessFailure for an exited worker; reads its error file once."""
-    if proc.failure is not None:
-        return proc.failure
-    error_file = proc.launch.error_file or "<N/A>"
-    try:
-        failure = ProcessFailure(proc.local_rank, proc.pid, proc.exit_code, error_file)
-    except Exception:  # an unreadable error file must not hide the failure itself
-        logger.warning("could not read error file %s", error_file, exc_info=True)
-        failure = ProcessFailure(proc.local_rank, proc.pid, proc.exit_code, "<N/A>")
-    proc.failure = failure
-    return failure
-
-
-def _substitute_local_rank(args: tuple, local_rank: int) -> list:
-    """torch's ``${local_rank}`` macro in string arguments; other arguments pass through."""
-    return [
-        Template(a).safe_substitute(local_rank=str(local_rank)) if isinstance(a, str) else a
-        for a in args
-    ]
-
-
-def _local_rank_env(local_rank: int, virtual_local_rank: bool) -> dict[str, str]:
-    """LOCAL_RANK and CUDA_VISIBLE_DEVICES as torch sets them.
-
-    With ``virtual_local_rank`` each worker sees only its own device, as device 0.
-    """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if not virtual_local_rank:
-        env = {"LOCAL_RANK": str(local_rank)}
-        if visible is not None:
-            env["CUDA_VISIBLE_DEVICES"] = visible
-        return env
-    if visible is None:
-        device = str(local_rank)
-    else:
-        devices = visible.split(",")
-        if local_rank >= len(devices):
-            raise ValueError(
-                f"local_rank {local_rank} exceeds available GPUs in CUDA_VISIBLE_DEVICES={visible}"
-            )
-        device = devices[local_rank].strip()
-    return {"LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": device}
-
-
-def _raise_signal_exception(signum: int, frame: Any) -> None:
-    sigval = signal.Signals(signum)
-    raise SignalException(f"Process {os.getpid()} got signal: {sigval}", sigval=sigval)
-
-
-@contextmanager
-def _signals_raise_in_run_loop() -> Iterator[None]:
-    """Turn termination signals into SignalException in this (the main) thread while running.
-
-    ``SimpleElasticAgent.run`` catches it, stops the workers with the same signal and
-    re-raises, so the caller exits non-zero with its final events recorded. The previous
-    handlers come back afterwards (agents embedded in a larger program, tests).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        logger.warning(
-            "agent running outside the main thread: termination signals are not handled, and "
-            "workers are stopped only when run() returns or the process dies"
-        )
-        yield
-        return
-    names = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", DEFAULT_SIGNALS_TO_HANDLE)
-    previous = {}
-    for name in names.split(","):
-        sig = getattr(signal, name.strip(), None)
-        if not isinstance(sig, signal.Signals):
-            logger.warning("unknown signal %r in TORCHELASTIC_SIGNALS_TO_HANDLE", name)
-            continue
-        try:
-            previous[sig] = signal.signal(sig, _raise_signal_exception)
-        except (ValueError, OSError):
-            logger.warning("cannot handle %s", name, exc_info=True)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        return group_status(self._worker_group, workers, self._remaining_restarts)

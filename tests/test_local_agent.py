@@ -227,7 +227,7 @@ def _remember_standbys(local_agent, monkeypatch) -> list[int]:
 
     def fill_and_remember():
         fill()
-        pids.extend(local_agent._standbys._pids)
+        pids.extend(local_agent._standbys.pids)
 
     local_agent._fill_standbys = fill_and_remember
     return pids

@@ -1,0 +1,68 @@
+"""The local agent's worker group as plain data, for the HTTP endpoint's status route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.api import WorkerGroup, WorkerState
+from agent.processes import WorkerProcess, WorkerSet
+
+__all__ = ["group_status", "worker_status"]
+
+# A worker the agent stopped (its peer failed, or the group is stopping): not a failure of its
+# own. The same word torch's agent puts on such a worker's final event.
+TERMINATED = "TERMINATED"
+
+
+def group_status(group: WorkerGroup, workers: WorkerSet | None, remaining_restarts: int) -> dict[str, Any]:
+    """The group and its workers' processes (``workers``, None before the first start)."""
+    spec = group.spec
+    procs = {p.local_rank: p for p in workers.workers} if workers is not None else {}
+    try:
+        run_id = spec.rdzv_handler.get_run_id()
+    except Exception:
+        run_id = None
+    members = list(group.workers)
+    return {
+        "run_id": run_id,
+        "role": spec.role,
+        "state": group.state.value,
+        "restarts_used": spec.max_restarts - remaining_restarts,
+        "remaining_restarts": remaining_restarts,
+        "max_restarts": spec.max_restarts,
+        "group_rank": group.group_rank,
+        "group_world_size": group.group_world_size,
+        "world_size": members[0].world_size if members and members[0].world_size >= 0 else None,
+        "workers": [worker_status(w, procs.get(w.local_rank)) for w in members],
+    }
+
+
+def worker_status(worker: Any, proc: WorkerProcess | None) -> dict[str, Any]:
+    """One worker (torch's ``Worker``) and its process, if it was started."""
+    if proc is None:
+        state, pid, start, code, cpu, rss = WorkerState.INIT.value, None, None, None, None, None
+    else:
+        state = _process_state(proc)
+        pid, start, code = proc.pid, proc.started_at, proc.exit_code
+        cpu, rss = proc.cpu_seconds, proc.rss_bytes
+    return {
+        "local_rank": worker.local_rank,
+        "global_rank": worker.global_rank,
+        "role_rank": worker.role_rank,
+        "pid": pid,
+        "state": state,
+        "start_time": start,
+        "exit_code": code,
+        "cpu_seconds": cpu,
+        "rss_bytes": rss,
+    }
+
+
+def _process_state(proc: WorkerProcess) -> str:
+    if proc.running:
+        return WorkerState.HEALTHY.value
+    if proc.exit_code == 0:
+        return WorkerState.SUCCEEDED.value
+    if proc.stopped_by_agent:
+        return TERMINATED
+    return WorkerState.FAILED.value
