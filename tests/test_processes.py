@@ -235,12 +235,19 @@ def test_python_invocation_takes_apart_scripts_and_modules():
     assert inv.args == ("--lr", "1")
     inv = python_invocation(PY, ("-m", "pkg.train", "x"))
     assert (inv.script, inv.module, inv.args) == (None, "pkg.train", ("x",))
+    # Options run together with -m stay the standby's options.
+    inv = python_invocation(PY, ("-um", "pkg.train"))
+    assert (inv.flags, inv.module) == (("-u",), "pkg.train")
 
 
 @pytest.mark.parametrize("entrypoint,args", [
     (PY, ("-c", "print(1)")),
     (PY, ("-i", "train.py")),
+    (PY, ("-x", "train.py")),
+    (PY, ("-im", "pkg.train")),
+    (PY, ("--", "train.py")),
     (PY, ("-",)),
+    (PY, ("-u",)),
     ("/usr/bin/env", ("python", "train.py")),
 ])
 def test_python_invocation_refuses_what_a_standby_cannot_run(entrypoint, args):
