@@ -7,6 +7,7 @@ serves every test; the crash-once run and a job too short to be scraped each run
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
@@ -23,7 +24,6 @@ import prom_harness as ph
 
 pytestmark = pytest.mark.prometheus
 
-CLI_MODULE = ph.ROOT / "agent" / "cli.py"
 TRAIN_DDP = ph.ROOT / "examples" / "train_ddp.py"
 SCRAPE_JOB = "elastiscope"
 PUSHGATEWAY_JOB = "pushgateway"
@@ -34,8 +34,8 @@ LINGER_SECONDS = 3
 
 
 def require_stack() -> None:
-    if not CLI_MODULE.exists():
-        pytest.skip("agent/cli.py (elastiscope run) is not built yet")
+    if importlib.util.find_spec("agent.cli") is None:
+        pytest.skip("agent.cli (elastiscope run) is not built yet")
     for binary in ("prometheus", "prometheus-pushgateway", "promtool"):
         ph.require_binary(binary)
 
