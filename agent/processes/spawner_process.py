@@ -45,11 +45,6 @@ try:
 except ImportError:  # pragma: no cover - an interpreter without it
     import signal
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not Unix: standby job pipes keep their default size
-    fcntl = None
-
 _PR_SET_PDEATHSIG = 1
 _HEADER = 4
 
@@ -241,9 +236,13 @@ class Spawner:
         for request in requests:
             job_r, job_w = os.pipe()
             try:
+                # Imported here, not above: only standbys need it, and a spawner that never
+                # starts one (no restart possible) would hold its memory for the job's life.
+                import fcntl
+
                 # Room for the whole job, so that handing it over never blocks this loop.
                 fcntl.fcntl(job_w, fcntl.F_SETPIPE_SZ, 1 << 20)
-            except (AttributeError, OSError):  # no fcntl, no F_SETPIPE_SZ, or not allowed
+            except (ImportError, AttributeError, OSError):  # no fcntl, no F_SETPIPE_SZ, or not allowed
                 pass
             os.set_blocking(job_w, False)
             pipes.append((job_r, job_w))
