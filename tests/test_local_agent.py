@@ -244,7 +244,7 @@ def test_a_restarted_worker_from_a_standby_runs_like_a_fresh_interpreter(
         cold = json.loads((tmp_path / f"env.0.{rank}.json").read_text())
         warm = json.loads((tmp_path / f"env.1.{rank}.json").read_text())
         assert warm["pid"] in standby_pids
-        for key in ("argv", "file", "name", "path0", "main_globals"):
+        for key in ("argv", "file", "name", "path0", "main_globals", "modules"):
             assert warm[key] == cold[key], key
         cold_env, warm_env = cold["env"], warm["env"]
         assert warm_env.pop("TORCHELASTIC_RESTART_COUNT") == "1"
@@ -265,7 +265,7 @@ def test_a_module_worker_from_a_standby_runs_like_python_dash_m(telemetry, logs,
     cold = json.loads((tmp_path / "env.0.0.json").read_text())
     warm = json.loads((tmp_path / "env.1.0.json").read_text())
     assert warm["pid"] in standby_pids
-    for key in ("argv", "file", "name", "path0", "main_globals"):
+    for key in ("argv", "file", "name", "path0", "main_globals", "modules"):
         assert warm[key] == cold[key], key
 
 

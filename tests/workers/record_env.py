@@ -21,6 +21,9 @@ seen = {
     "path0": sys.path[0],
     "main_globals": sorted(k for k in globals() if k not in ("json", "os", "sys", "time")),
     "pid": os.getpid(),
+    # What the interpreter had loaded when the program began (the standby's boot must add
+    # nothing, ours above all); the imports above are the same in every run.
+    "modules": sorted(sys.modules),
 }
 tmp = os.path.join(out, f".env.{attempt}.{rank}.json")
 with open(tmp, "w") as f:
