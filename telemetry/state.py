@@ -282,8 +282,9 @@ def _restore_signals(signals: set[int]) -> None:
 # -- reset -----------------------------------------------------------------------------------
 
 def reset() -> None:
-    """Put telemetry back as a fresh process has it: undo what configure() set up (log handler,
-    torch taps), close the pipeline and the tracer, give the signals back, forget the rest."""
+    """Put telemetry back as a fresh process has it: run the undo actions (the log handler's,
+    and any registered with :func:`undo_on_reset`), close the pipeline and the tracer, give the
+    signals back, forget the rest."""
     global _state
     old = _state
     atexit.unregister(close_at_exit)
