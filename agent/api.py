@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from agent import run_events, run_spans, torch_patches, torchelastic_metrics
 from agent.exit_barrier import barrier_between_agents
 from agent.hostname import fq_hostname
-from agent.run_events import program_name as _program_name  # noqa: F401  (old home; tests/test_program_name.py)
 from telemetry import names
 from telemetry.events import Event, EventSource, record
 
