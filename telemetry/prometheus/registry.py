@@ -11,8 +11,7 @@ from typing import Callable, Iterable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 
-import telemetry
-from telemetry import names
+from telemetry import names, state
 from telemetry.prometheus.catalogue import (
     CATALOGUE,
     EVENT_KINDS_AT_ZERO,
@@ -122,8 +121,9 @@ def _counter_family(name: str) -> CounterMetricFamily:
 
 
 def _process_pipeline_stats() -> dict[str, dict[str, int]]:
-    # Until configure() hands every AgentMetrics its pipeline's stats, the process pipeline's.
-    return telemetry.get_pipeline().stats()
+    # For metrics built without a stats source (a PrometheusSink a caller made and attached
+    # through configure(extra_sinks=...)): the pipeline the process publishes into.
+    return state.get_pipeline().stats()
 
 
 class _WithoutCreated:

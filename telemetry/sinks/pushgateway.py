@@ -33,9 +33,9 @@ class PushgatewaySink(Sink):
         self.grouping_key = {"instance": socket.gethostname()}
 
     def _push(self) -> None:
-        from telemetry import metrics
+        from telemetry.prometheus.push import push  # prometheus_client: loaded on the first push
 
-        metrics.push(self.url, job=self.job, grouping_key=self.grouping_key, timeout=self.timeout)
+        push(self.registry, self.url, job=self.job, grouping_key=self.grouping_key, timeout=self.timeout)
 
     def emit(self, record: Event) -> None:
         if record.name == names.RUN_END:
