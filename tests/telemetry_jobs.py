@@ -22,7 +22,6 @@ from torch.distributed.elastic.utils.distributed import get_free_port
 
 import pytest
 
-from agent import torch_patches
 from agent.api import RunResult, SimpleElasticAgent, WorkerSpec, WorkerState
 from telemetry import state, tracing
 
@@ -124,8 +123,8 @@ def run_job(fail_attempts: int = 0, max_restarts: int = 1, code: str = FLAKY_WOR
 
 @contextlib.contextmanager
 def telemetry_isolation():
-    """Fresh telemetry inside; afterwards everything configure() set up is undone, and torch
-    gets back what the agent's patches replaced (an agent applies them when it is built).
+    """Fresh telemetry inside; afterwards everything configure() set up is undone (and the torch
+    patches an agent applied come out: they register with ``state.undo_on_reset``).
 
     For module-scoped fixtures, which outlive the reset conftest.py makes after each test.
     """
@@ -134,7 +133,6 @@ def telemetry_isolation():
         yield
     finally:
         state.reset()
-        torch_patches.remove()
 
 
 @pytest.fixture
