@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+from telemetry.events import metadata_scalar
 from telemetry.names import RENDEZVOUS_PREFIX
 from telemetry.records import Event, EventSource, now_ms
 
@@ -36,8 +37,7 @@ def rendezvous_event(rdzv_event: Any) -> Event:
     short = torch_name.split(":", 1)[-1]
     node_state = fields.get("node_state")
     fields["node_state"] = getattr(node_state, "name", node_state)
-    metadata = {k: (v if v is None or isinstance(v, (str, int, float, bool)) else str(v))
-                for k, v in fields.items()}
+    metadata = {k: metadata_scalar(v) for k, v in fields.items()}
     metadata["torch_event"] = torch_name
     return Event(RENDEZVOUS_PREFIX + short, EventSource.AGENT, now_ms(), metadata)
 
