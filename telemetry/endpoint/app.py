@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from telemetry import __version__, config
+from telemetry import config
 from telemetry.endpoint.payloads import MetricsRenderer, StatusProvider
+from telemetry.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI
