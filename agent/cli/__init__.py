@@ -25,8 +25,9 @@ socket listens before rendezvous, but FastAPI and uvicorn load on its own thread
 first request or a second after the workers are running, so they never delay a job's start.
 
 The package: ``arguments`` (the parsers), ``validate`` (bad input to one-line errors), ``spec``
-(what to launch), ``run`` (one run, start to finish), ``events`` (the events command), and here
-the dispatch to a command and the console script.
+(what to launch), ``run`` (one run, start to finish), ``run_path`` (the worker side of
+``--run-path``), ``events`` (the events command), ``errors`` and ``messages`` (how the command
+ends and what it says), and here the dispatch to a command and the console script.
 """
 
 from __future__ import annotations
@@ -37,16 +38,29 @@ from typing import Callable, Sequence
 
 from agent.cli.arguments import build_events_parser, build_run_parser
 from agent.cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
-from agent.cli.events import events_command
 from agent.cli.messages import PROG
-from agent.cli.run import run_command
-from agent.cli.spec import run_script_path
-from telemetry import __version__
+from agent.cli.run_path import run_script_path
 
 __all__ = ["main", "entry", "build_run_parser", "build_events_parser", "run_script_path",
            "UsageError"]
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": run_command, "events": events_command}
+
+# A command's module loads only when that command runs. ``run`` brings the agent, the telemetry
+# configuration and the endpoint with it, which neither ``events`` nor ``--version`` needs, nor
+# a --run-path worker, which imports this package to find run_script_path.
+def _run(argv: Sequence[str]) -> int:
+    from agent.cli.run import run_command
+
+    return run_command(argv)
+
+
+def _events(argv: Sequence[str]) -> int:
+    from agent.cli.events import events_command
+
+    return events_command(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": _run, "events": _events}
 USAGE = f"""usage: {PROG} run [torchrun flags] [observability flags] SCRIPT [ARGS...]
        {PROG} events [PATH] [--json] [--all]
 
@@ -62,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return EXIT_OK if argv else EXIT_USAGE
     if argv[0] == "--version":
+        from telemetry import __version__  # the whole telemetry package: not for every import
+
         print(f"{PROG} {__version__}")
         return EXIT_OK
     command, rest = argv[0], argv[1:]

@@ -6,6 +6,9 @@ workers are running) while this one imports torch and builds the spec; telemetry
 (creating the event log) only once the request is known to be good, so bad input leaves no files
 behind; the endpoint is announced before rendezvous. At the end the endpoint lingers for a final
 scrape and the event log is flushed.
+
+torch (and the local agent, which imports it) is imported only where the job starts: checking
+the arguments and binding the endpoint must not wait for it.
 """
 
 from __future__ import annotations

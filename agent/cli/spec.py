@@ -17,6 +17,7 @@ from typing import Any, Callable, NamedTuple
 from agent.api import WorkerSpec
 from agent.python_cmdline import parse_python_args
 from agent.cli.errors import JobError, UsageError, first_line
+from agent.cli.run_path import run_script_path
 from agent.cli.validate import (
     is_standalone,
     parse_endpoint,
@@ -25,7 +26,7 @@ from agent.cli.validate import (
     parse_rdzv_conf,
 )
 
-__all__ = ["LaunchPlan", "plan_launch", "settle_rendezvous", "resolve_nproc", "run_script_path"]
+__all__ = ["LaunchPlan", "plan_launch", "settle_rendezvous", "resolve_nproc"]
 
 log = logging.getLogger("agent.cli")
 
@@ -86,14 +87,6 @@ def resolve_nproc(text: str) -> int:
     return device.device_count()
 
 
-def run_script_path(training_script: str, *training_script_args: str) -> None:
-    """Entry point for --run-path: run the script in this (the worker) interpreter."""
-    import runpy
-
-    sys.argv = [training_script, *training_script_args]
-    runpy.run_path(training_script, run_name="__main__")
-
-
 def _entrypoint(args: argparse.Namespace) -> tuple[Callable | str, list[str]]:
     if args.run_path:
         return run_script_path, [args.training_script, *args.training_script_args]
@@ -119,7 +112,7 @@ def _logs_specs_class(name: str | None):
 
     if name is None:
         return DefaultLogsSpecs
-    from importlib import metadata
+    from importlib import metadata  # reads every installed distribution: only when asked to
 
     found = metadata.entry_points().select(group="torchrun.logs_specs", name=name)
     if not found:
