@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return EXIT_OK if argv else EXIT_USAGE
     if argv[0] == "--version":
-        from telemetry import __version__  # the whole telemetry package: not for every import
+        from telemetry.version import __version__  # loads the telemetry package: only when asked
 
         print(f"{PROG} {__version__}")
         return EXIT_OK
