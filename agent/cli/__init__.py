@@ -40,9 +40,10 @@ from agent.cli.arguments import build_events_parser, build_run_parser
 from agent.cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 from agent.cli.messages import PROG
 from agent.cli.run_path import run_script_path
+from agent.cli.validate import check_run_args
 
-__all__ = ["main", "entry", "build_run_parser", "build_events_parser", "run_script_path",
-           "UsageError"]
+__all__ = ["main", "entry", "build_run_parser", "build_events_parser", "check_run_args",
+           "run_script_path", "UsageError"]
 
 
 # A command's module loads only when that command runs. ``run`` brings the agent, the telemetry
