@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent.hostname import fq_hostname
 from agent.python_cmdline import parse_python_args
-from telemetry import __version__, names
+from telemetry import names
+from telemetry.version import __version__
 from telemetry.events import emit
 from telemetry.records import Event, EventSource
 
