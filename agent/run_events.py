@@ -144,8 +144,8 @@ def rendezvous_complete(group: WorkerGroup, previous_world_size: int, restart_co
 
 
 def state_change(group: WorkerGroup, old: WorkerState, new: WorkerState) -> None:
-    # Carries no hostname or backend, unlike the other agent events: it is emitted on every
-    # assignment of a changed state, ten times a second at most, and says only what changed.
+    # Not through emit_agent_event: a state change carries only the group's run, role and rank
+    # and the two states (no hostname, no backend), and a spec without a handler is not an error.
     try:
         handler = group.spec.rdzv_handler
         run_id = handler.get_run_id() if handler is not None else None
