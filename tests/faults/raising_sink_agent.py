@@ -9,9 +9,10 @@ Both must be counted and contained: the job runs and exits as if they were not t
 
 import sys
 
-import telemetry
+import agent.cli.run as cli_run
 from agent.cli import main
-from telemetry.pipeline import Sink, register_destination
+from telemetry.sink import Sink
+from telemetry.state import register_destination
 
 
 class RaisingSink(Sink):
@@ -23,7 +24,7 @@ class RaisingSink(Sink):
         raise RuntimeError(f"sink {self.name} refuses {type(record).__name__}")
 
 
-_configure = telemetry.configure
+_configure = cli_run.configure
 
 
 def configure_with_raising_sink(*args, **kwargs):
@@ -32,7 +33,8 @@ def configure_with_raising_sink(*args, **kwargs):
     return pipeline
 
 
-telemetry.configure = configure_with_raising_sink
+# The CLI's own reference: patching telemetry.configure would not reach the name it imported.
+cli_run.configure = configure_with_raising_sink
 register_destination("raising", lambda: RaisingSink("raising", synchronous=False))
 
 if __name__ == "__main__":
