@@ -586,11 +586,11 @@ class SimpleElasticAgent(ElasticAgent):
 
     def get_event_failed(self) -> Event:
         return self._construct_event(
-            state="FAILED", source=EventSource.AGENT, raw_error=traceback.format_exc()
+            state=names.FAILED, source=EventSource.AGENT, raw_error=traceback.format_exc()
         )
 
     def get_event_succeeded(self) -> Event:
-        return self._construct_event(state="SUCCEEDED", source=EventSource.AGENT)
+        return self._construct_event(state=names.SUCCEEDED, source=EventSource.AGENT)
 
     def _invoke_run(self, role: str = DEFAULT_ROLE) -> RunResult:
         # One role per agent: the ``role`` argument is accepted for the interface, the spec decides.
@@ -721,7 +721,7 @@ class SimpleElasticAgent(ElasticAgent):
         failure = result.failures.get(worker.global_rank)
         if result.state in (WorkerState.UNHEALTHY, WorkerState.FAILED) and not failure:
             # Healthy ranks of a failed group were stopped by the agent.
-            return "TERMINATED"
+            return names.TERMINATED
         if failure or worker.global_rank in result.return_values:
             return result.state.value
         raise ValueError(f"Unknown worker: {worker.global_rank}")
@@ -807,7 +807,3 @@ class SimpleElasticAgent(ElasticAgent):
         else:
             flakiness = 100.0 - 100.0 * (self._remaining_restarts + 1) / (spec.max_restarts + 1)
         put_metric(f"workers.{spec.role}.flakiness", int(flakiness))
-
-    def _identity(self) -> dict[str, Any]:
-        """Who this agent is on its events (``agent.run_events.identity``); agent.local uses it."""
-        return run_events.identity(self._worker_group)

@@ -6,13 +6,9 @@ from typing import Any
 
 from agent.api import WorkerGroup, WorkerState
 from agent.processes import WorkerProcess, WorkerSet
+from telemetry.names import TERMINATED
 
 __all__ = ["group_status", "worker_status"]
-
-# A worker the agent stopped (its peer failed, or the group is stopping): not a failure of its
-# own. The same word torch's agent puts on such a worker's final event.
-TERMINATED = "TERMINATED"
-
 
 def group_status(group: WorkerGroup, workers: WorkerSet | None, remaining_restarts: int) -> dict[str, Any]:
     """The group and its workers' processes (``workers``, None before the first start)."""

@@ -25,12 +25,33 @@ __all__ = [
     "ENDPOINT_STARTED",
     "AGENT",
     "WORKER",
+    "UNKNOWN",
+    "INIT",
+    "HEALTHY",
+    "UNHEALTHY",
+    "STOPPED",
+    "SUCCEEDED",
+    "FAILED",
+    "TERMINATED",
     "WORKER_STATES",
     "RESTART_FAILURE",
     "RESTART_MEMBERSHIP",
     "RESTART_REASONS",
     "torch_status",
 ]
+
+# ---- states ---------------------------------------------------------------------------------
+# torch's WorkerState values, as events, metric labels and the endpoint spell them.
+UNKNOWN = "UNKNOWN"
+INIT = "INIT"
+HEALTHY = "HEALTHY"
+UNHEALTHY = "UNHEALTHY"
+STOPPED = "STOPPED"
+SUCCEEDED = "SUCCEEDED"
+FAILED = "FAILED"
+WORKER_STATES = (UNKNOWN, INIT, HEALTHY, UNHEALTHY, STOPPED, SUCCEEDED, FAILED)
+# A worker (not a group) the agent stopped: torch's per-worker event state, and ours in /status.
+TERMINATED = "TERMINATED"
 
 # ---- event kinds ---------------------------------------------------------------------------
 # torch's agent names its events torchelastic.worker.status.<STATE>; ours record the same.
@@ -45,9 +66,9 @@ def torch_status(state: str) -> str:
 TORCH_RENDEZVOUS = torch_status("RENDEZVOUS")
 TORCH_ASSIGN_WORKER_RANKS = torch_status("ASSIGN_WORKER_RANKS")
 TORCH_START = torch_status("START")
-TORCH_SUCCEEDED = torch_status("SUCCEEDED")
-TORCH_FAILED = torch_status("FAILED")
-TORCH_TERMINATED = torch_status("TERMINATED")
+TORCH_SUCCEEDED = torch_status(SUCCEEDED)
+TORCH_FAILED = torch_status(FAILED)
+TORCH_TERMINATED = torch_status(TERMINATED)
 
 # Elastiscope's own kinds (docs/reference.md says what each means and carries).
 RUN_START = "elastiscope.agent.run_start"
@@ -64,10 +85,7 @@ ENDPOINT_STARTED = "elastiscope.endpoint.started"
 AGENT = "AGENT"
 WORKER = "WORKER"
 
-# ---- states and reasons --------------------------------------------------------------------
-# torch's WorkerState values, as events, metric labels and the endpoint spell them.
-WORKER_STATES = ("UNKNOWN", "INIT", "HEALTHY", "UNHEALTHY", "STOPPED", "SUCCEEDED", "FAILED")
-
+# ---- restart reasons ----------------------------------------------------------------------
 # Why the agent restarts its worker group, as events and the ``reason`` label spell it.
 RESTART_FAILURE = "failure"
 RESTART_MEMBERSHIP = "membership"

@@ -32,7 +32,7 @@ from telemetry import state
 from telemetry.config import ConfigError, configure, resolve_settings, shutdown
 from telemetry.endpoint import EndpointError, EndpointServer, bind_socket, check_exposure, serve_app
 from telemetry.events import emit, record
-from telemetry.names import ENDPOINT_STARTED
+from telemetry.names import ENDPOINT_STARTED, INIT
 from telemetry.records import Event, EventSource
 from telemetry.sinks.endpoint_warm_up import WarmUpWhenHealthy
 
@@ -66,7 +66,7 @@ class StatusBoard:
     def __init__(self, run_id: str, role: str, max_restarts: int) -> None:
         self.agent: Any = None
         self._before_agent = {
-            "run_id": run_id, "role": role, "state": "INIT", "restarts_used": 0,
+            "run_id": run_id, "role": role, "state": INIT, "restarts_used": 0,
             "remaining_restarts": max_restarts, "max_restarts": max_restarts, "workers": [],
         }
 

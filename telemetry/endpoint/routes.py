@@ -24,6 +24,7 @@ from telemetry.endpoint.payloads import (
     state_name,
 )
 from telemetry.endpoint.stream import event_frames, keep_alive_frames
+from telemetry.names import HEALTHY
 
 if TYPE_CHECKING:  # pragma: no cover
     from telemetry.sinks.memory import MemorySink
@@ -118,7 +119,7 @@ def add_probe_routes(app: FastAPI, status_provider: StatusProvider) -> None:
             state = state_name(status_provider().get("state"))
         except Exception:  # a provider that fails cannot vouch for the workers: not ready
             state = "UNKNOWN"
-        body = {"ready": state == "HEALTHY", "state": state}
+        body = {"ready": state == HEALTHY, "state": state}
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from telemetry.names import STATE_CHANGE
+from telemetry.names import HEALTHY, STATE_CHANGE
 from telemetry.sink import Sink
 
 __all__ = ["WarmUpWhenHealthy"]
@@ -36,5 +36,5 @@ class WarmUpWhenHealthy(Sink):
         return getattr(record, "name", None) == STATE_CHANGE
 
     def emit(self, record: Any) -> None:
-        if record.metadata.get("state") == "HEALTHY":
+        if record.metadata.get("state") == HEALTHY:
             self._server.warm_up(self._delay)

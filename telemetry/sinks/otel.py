@@ -90,9 +90,9 @@ class AgentTracer:
 
     @staticmethod
     def _set_run_status(span: Any, last_state: str | None) -> None:
-        if last_state == "SUCCEEDED":
+        if last_state == names.SUCCEEDED:
             span.set_status(Status(StatusCode.OK))
-        elif last_state in ("FAILED", "UNHEALTHY"):
+        elif last_state in (names.FAILED, names.UNHEALTHY):
             span.set_status(Status(StatusCode.ERROR, f"worker group {last_state}"))
 
     def _start_monitoring(self, attributes: dict[str, Any]) -> None:
@@ -159,7 +159,7 @@ class OtelLogSink(Sink):
                 trace_id, span_id = int(str(md["trace_id"]), 16), int(str(md["span_id"]), 16)
         except ValueError:
             pass
-        failed = str(md.get("state", "")) == "FAILED" or record.name.endswith(".failed")
+        failed = str(md.get("state", "")) == names.FAILED or record.name.endswith(".failed")
         kwargs = dict(
             timestamp=int(record.timestamp) * 1_000_000,
             severity_number=SeverityNumber.WARN if failed else SeverityNumber.INFO,

@@ -166,7 +166,7 @@ class PrometheusSink(Sink):
         md = event.metadata
         role, state = self._role(md), _label(md.get("state"))
         self._set_group_state(role, state)
-        if state == "HEALTHY":
+        if state == names.HEALTHY:
             with self._restart_lock:
                 started = self._restart_started.pop(role, None)
             if started is not None:

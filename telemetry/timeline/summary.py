@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable
 
 from telemetry.names import (
     ENDPOINT_STARTED,
+    HEALTHY,
     RENDEZVOUS_COMPLETE,
     RESTART,
     RUN_END,
@@ -180,7 +181,7 @@ class _RunBuilder:
         self.end_attempt(event.timestamp, f"restart ({self.open_restart.reason})")
 
     def on_state_change(self, event: LogEvent) -> None:
-        if event.metadata.get("state") == "HEALTHY" and self.open_restart is not None:
+        if event.metadata.get("state") == HEALTHY and self.open_restart is not None:
             self.open_restart.duration_ms = float(event.timestamp - self.open_restart.timestamp)
             self.open_restart = None
 
