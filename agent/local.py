@@ -25,7 +25,7 @@ from typing import Any
 
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, LogsSpecs
 
-from agent import rendezvous
+from agent import rendezvous, run_events
 from agent.api import (
     DEFAULT_ROLE,
     RunResult,
@@ -286,7 +286,7 @@ class LocalElasticAgent(SimpleElasticAgent):
                 if proc in newly_failed:
                     self._reported_failures.add(proc.pid)
                     emit_worker_failed(
-                        worker_group, proc, failure, self._identity(),
+                        worker_group, proc, failure, run_events.identity(worker_group),
                         agent_restarts=worker_group.spec.max_restarts - self._remaining_restarts,
                     )
             if newly_failed:

@@ -398,7 +398,7 @@ def render_restart(results) -> list[str]:
     lines += [f"{reps} repetitions per launcher and rendezvous, alternating; median (min–max).{failed} "
               "*restart's rendezvous* is the second `torchelastic.worker.status.RENDEZVOUS` event's "
               "`duration_ms` in our event log (torchrun writes no event log). ", ""]
-    lines += ["Ours avoids two costs of torch's c10d handler that torchrun pays (`agent/rendezvous.py`): "
+    lines += ["Ours avoids two costs of torch's c10d handler that torchrun pays (`agent/torch_patches.py`): "
               "rendezvous events named with `inspect.stack()`, tens of ms per rendezvous in an agent's "
               "deep stack (any c10d rendezvous), and, on a one-node rendezvous (`--standalone`, our "
               "default without an endpoint), a random 0–0.3 s join delay meant to stagger many nodes, "

@@ -213,7 +213,8 @@ def events_rep(rate: int, seconds: float, sinks: str = "default") -> dict:
     """Publish ``rate`` events/s for ``seconds`` through the default sinks (or none); costs and drops."""
     import telemetry
     from telemetry import record
-    from telemetry.pipeline import Pipeline, set_pipeline
+    from telemetry.pipeline import Pipeline
+    from telemetry.state import set_pipeline
     from telemetry_hotpath import agent_like_events
 
     with tempfile.TemporaryDirectory(prefix="scaling_events_") as tmp:
@@ -223,7 +224,7 @@ def events_rep(rate: int, seconds: float, sinks: str = "default") -> dict:
             pipeline = Pipeline([])
             set_pipeline(pipeline)
         else:
-            pipeline = telemetry.configure(event_log=log_path, log_format="json", bridge_torch=False, env={})
+            pipeline = telemetry.configure(event_log=log_path, log_format="json", env={})
         events = agent_like_events(1000)
         total = int(rate * seconds)
         batch = max(1, rate // 1000)  # at most ~1000 wake-ups a second, whatever the rate

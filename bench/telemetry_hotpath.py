@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import telemetry  # noqa: E402
 from telemetry import Event, EventSource, put_metric, record  # noqa: E402
-from telemetry.pipeline import Pipeline, Sink, get_pipeline, set_pipeline  # noqa: E402
+from telemetry.pipeline import Pipeline  # noqa: E402
+from telemetry.sink import Sink  # noqa: E402
+from telemetry.state import get_pipeline, set_pipeline  # noqa: E402
 
 P99_GOAL_US = 50.0
 
@@ -104,7 +106,7 @@ def install(case: str, tmp: str) -> tuple[Pipeline, SleepySink | None]:
             previous.close(1.0)
         return pipeline, None
     pipeline = telemetry.configure(event_log=os.path.join(tmp, f"case-{case}.jsonl"), log_format="json",
-                                   bridge_torch=False, env={})
+                                   env={})
     sleepy = None
     if case == "c":
         sleepy = pipeline.add_sink(SleepySink())
@@ -114,7 +116,7 @@ def install(case: str, tmp: str) -> tuple[Pipeline, SleepySink | None]:
 def throughput_without_drops(tmp: str, count: int = 100_000) -> dict:
     """Case b under a burst: every event reaches every sink, nothing dropped."""
     path = os.path.join(tmp, "burst.jsonl")
-    pipeline = telemetry.configure(event_log=path, log_format="json", bridge_torch=False, env={})
+    pipeline = telemetry.configure(event_log=path, log_format="json", env={})
     events = agent_like_events(1000)
     started = time.perf_counter()
     for i in range(count):

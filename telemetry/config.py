@@ -176,7 +176,6 @@ def configure(
     role: str | None = None,
     console_events: bool = False,
     env: Mapping[str, str] = os.environ,
-    bridge_torch: bool = True,
     extra_sinks: Iterable[Sink] = (),
     log_stream: Any = None,
     exit_handlers: bool = True,
@@ -190,9 +189,8 @@ def configure(
     ``extra_sinks``. /metrics renders the registry of the Prometheus sink that ends up attached
     (ours or one in ``extra_sinks``). The previous pipeline is flushed and closed. Exit paths
     (atexit, SIGTERM) flush and close the new one.
-
-    ``bridge_torch`` is accepted for callers written before torch's telemetry was bridged by
-    the agent itself (``agent.torch_patches``, applied when an agent is built); it has no effect.
+    torch's own metrics and rendezvous events are bridged by the agent (``agent.torch_patches``,
+    applied when an agent is built), not here.
     """
     settings = resolve_settings(
         event_log=event_log, log_format=log_format, prometheus=prometheus, otlp_endpoint=otlp_endpoint,

@@ -5,18 +5,14 @@ synchronous sinks, a bounded queue and a thread for the others) and the extra ou
 ``record(event, destination)`` names (:class:`Destinations`). It knows no concrete sink: the
 composition root (``telemetry.config``) decides which sinks and destinations exist.
 
-The process-wide pipeline lives in ``telemetry.state``; ``get_pipeline``, ``set_pipeline``,
-``publish_metric``, ``register_destination``, ``on_exit`` and ``install_exit_handlers`` are still
-importable from here for callers written before it existed (see the end of this module).
+The process-wide pipeline lives in ``telemetry.state``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
-from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from telemetry.delivery import DEFAULT_QUEUE_SIZE, Delivery, SinkStats, make_delivery
@@ -221,22 +217,3 @@ class Pipeline:
             ok = d.close(max(0.0, deadline - time.monotonic())) and ok
         return ok
 
-
-# Names that moved (to telemetry.state, or telemetry.events for publish_metric), whose new
-# modules import this one: kept importable from here, resolved on first use, for callers
-# written before the move. New code imports them from telemetry or telemetry.state.
-_MOVED = MappingProxyType({
-    "get_pipeline": "telemetry.state",
-    "set_pipeline": "telemetry.state",
-    "register_destination": "telemetry.state",
-    "on_exit": "telemetry.state",
-    "install_exit_handlers": "telemetry.state",
-    "publish_metric": "telemetry.events",
-})
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)

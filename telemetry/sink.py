@@ -6,8 +6,6 @@ A leaf: imports only the record types. The pipeline (policy) hands records to si
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 from telemetry.records import Event, MetricPoint
 
 __all__ = ["Sink"]
@@ -26,14 +24,6 @@ class Sink:
     events: bool = True
     metrics: bool = True
     queue_size: int | None = None
-    # Synchronous sinks only. ``repeat_key(point)`` names the piece of the sink's state a metric
-    # point sets (None: the point must always be delivered); it may depend only on the point's
-    # group and name (the pipeline remembers it per name). A point identical (group, name,
-    # value) to the last one delivered under its key is then skipped, as long as nothing else
-    # reached the sink in between: an event, a point without a key, or a failed emit forgets
-    # every key. It must give one key to any two points that can change the same state. The
-    # agent's run loop repeats the same few points ten times a second; this makes them cheap.
-    repeat_key: Callable[[MetricPoint], Any] | None = None
 
     def emit(self, record: Event | MetricPoint) -> None:
         raise NotImplementedError

@@ -18,10 +18,7 @@ from telemetry.events import metadata_scalar
 from telemetry.names import RENDEZVOUS_PREFIX
 from telemetry.records import Event, EventSource, now_ms
 
-__all__ = ["rendezvous_event", "RDZV_EVENT_PREFIX", "install", "uninstall", "installed"]
-
-# Kept under its old name for callers of this module; telemetry.names.RENDEZVOUS_PREFIX is the one spelling.
-RDZV_EVENT_PREFIX = RENDEZVOUS_PREFIX
+__all__ = ["rendezvous_event"]
 
 
 def rendezvous_event(rdzv_event: Any) -> Event:
@@ -41,31 +38,3 @@ def rendezvous_event(rdzv_event: Any) -> Event:
     metadata["torch_event"] = torch_name
     return Event(RENDEZVOUS_PREFIX + short, EventSource.AGENT, now_ms(), metadata)
 
-
-# ---- TRANSITIONAL: remove once no caller is left ------------------------------------------------
-# install()/uninstall()/installed() used to patch torch from here. The patches now live in
-# agent.torch_patches and the agent applies them; these three only keep the callers that have not
-# moved yet working (telemetry/config.py, tests/telemetry_jobs.py, tests/test_metrics.py,
-# tests/test_local_agent.py). Importing the agent from telemetry breaks the "agent -> telemetry,
-# never back" contract: these must be deleted before that contract is checked.
-
-
-def install() -> bool:
-    """Deprecated: ``agent.torch_patches.apply()``."""
-    from agent import torch_patches
-
-    return torch_patches.apply()
-
-
-def uninstall() -> None:
-    """Deprecated: ``agent.torch_patches.remove()``."""
-    from agent import torch_patches
-
-    torch_patches.remove()
-
-
-def installed() -> bool:
-    """Deprecated: ``agent.torch_patches.applied()``."""
-    from agent import torch_patches
-
-    return torch_patches.applied()

@@ -12,7 +12,7 @@ import pytest
 from agent.api import WorkerState
 from agent.local import LocalElasticAgent
 from helpers.local_agent import capture_pipeline, static_spec
-from telemetry.pipeline import set_pipeline
+from telemetry.state import set_pipeline
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 from workers import callables, dist_callables
 

@@ -29,7 +29,7 @@ from helpers.local_agent import (
 )
 from helpers.polling import wait_until
 from telemetry import tracing
-from telemetry.pipeline import set_pipeline
+from telemetry.state import set_pipeline
 from workers import callables
 
 pytestmark = pytest.mark.timeout(60)
@@ -369,7 +369,7 @@ def test_monitor_pass_timings_reach_the_pipeline_and_a_torch_handler_once_each(t
     reach the pipeline a second time through it."""
     import torch.distributed.elastic.metrics as torch_metrics
 
-    from telemetry import torch_bridge
+    from agent import torch_patches
 
     _, metrics = telemetry
     user = []
@@ -379,12 +379,13 @@ def test_monitor_pass_timings_reach_the_pipeline_and_a_torch_handler_once_each(t
             user.append(data.name)
 
     torch_metrics.configure(UserHandler(), "torchelastic")
-    if tapped:
-        torch_bridge.install()
     try:
-        result = LocalElasticAgent(script_spec("exit_code.py", 0, nproc=2), logs).run()
+        agent = LocalElasticAgent(script_spec("exit_code.py", 0, nproc=2), logs)
+        if not tapped:  # building an agent applies the patches, the metric tap among them
+            torch_patches.remove()
+        result = agent.run()
     finally:
-        torch_bridge.uninstall()
+        torch_patches.remove()
         torch_metrics.configure(torch_metrics.NullMetricHandler(), "torchelastic")
     assert result.state == WorkerState.SUCCEEDED
     for name in ("LocalElasticAgent._monitor_workers.success",

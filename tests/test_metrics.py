@@ -197,7 +197,7 @@ RUN_START = dict(run_id="r1", role="trainer", rdzv_backend="c10d", hostname="h",
 
 def test_a_configured_pipeline_exposes_its_counters_at_zero_before_anything_happened(
         isolated_telemetry, tmp_path):
-    telemetry.configure(event_log=tmp_path / "run.jsonl", log_format="json", bridge_torch=False, env={})
+    telemetry.configure(event_log=tmp_path / "run.jsonl", log_format="json", env={})
     samples = exposed_samples()
     for sink_name in ("memory", "log_context", "prometheus", "jsonl"):
         assert sample(samples, "elastiscope_telemetry_dropped_total", sink=sink_name) == 0, sink_name
@@ -207,7 +207,7 @@ def test_a_configured_pipeline_exposes_its_counters_at_zero_before_anything_happ
 
 
 def test_a_configured_pipeline_exposes_the_runs_counters_at_zero_from_its_start(isolated_telemetry):
-    telemetry.configure(log_format="json", bridge_torch=False, env={})
+    telemetry.configure(log_format="json", env={})
     telemetry.emit(ev("elastiscope.agent.run_start", **RUN_START))
     samples = exposed_samples()
     for reason in ("failure", "membership"):
@@ -227,7 +227,7 @@ def test_a_configured_pipeline_exposes_the_runs_counters_at_zero_from_its_start(
 
 
 def test_zero_series_are_in_the_openmetrics_exposition_too(isolated_telemetry):
-    telemetry.configure(log_format="json", bridge_torch=False, env={})
+    telemetry.configure(log_format="json", env={})
     telemetry.emit(ev("elastiscope.agent.run_start", **RUN_START))
     body, _ = render(attached_registry(), "application/openmetrics-text; version=1.0.0")
     assert 'elastiscope_restarts_total{reason="failure",role="trainer"} 0.0' in body.decode()
@@ -401,7 +401,7 @@ def test_pushgateway_sink_pushes_when_the_run_ends(isolated_telemetry):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         telemetry.configure(pushgateway=f"http://127.0.0.1:{server.server_port}", log_format="json",
-                            bridge_torch=False, env={})
+                            env={})
         telemetry.put_metric("workers.trainer.flakiness", 12)
         telemetry.emit(ev("elastiscope.agent.run_end", role="trainer", state="SUCCEEDED"))
         assert pushed.wait(10)

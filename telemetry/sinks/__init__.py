@@ -1,1 +1,3 @@
-"""One small module per sink. Import the one you need; none is imported eagerly."""
+"""One small module per sink; sinks never import each other. telemetry.config (the composition
+root) imports the ones every configuration has (memory, console, jsonl, pushgateway); the heavy
+ones (OpenTelemetry, Prometheus) load only when configured."""
