@@ -71,5 +71,20 @@ def test_listeners_are_called_per_event_and_a_failing_one_does_not_reach_the_pro
     ring.emit(ev())
     assert calls == [1, 2]
     ring.remove_listener(failing)
+    assert ring.listener_count() == 1
     ring.emit(ev())
     assert calls == [1, 2, 3]
+
+
+def test_a_removed_listener_is_not_called_again():
+    ring = MemorySink()
+    calls = []
+
+    def listener():
+        calls.append(ring.last_seq())  # the event is already in the ring
+
+    ring.add_listener(listener)
+    ring.emit(ev())
+    ring.remove_listener(listener)
+    ring.emit(ev())
+    assert calls == [1] and ring.last_seq() == 2 and ring.listener_count() == 0

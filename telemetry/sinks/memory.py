@@ -59,6 +59,10 @@ class MemorySink(Sink):
         with self._listeners_lock:
             self._listeners = tuple(x for x in self._listeners if x is not listener)
 
+    def listener_count(self) -> int:
+        """How many listeners are registered (the endpoint adds one per open event stream)."""
+        return len(self._listeners)
+
     def __len__(self) -> int:
         return len(self._ring)
 
