@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from agent.hostname import fq_hostname
@@ -95,8 +95,12 @@ def run_start(group: WorkerGroup) -> None:
     )
 
 
-def run_end(group: WorkerGroup, outcome: str, total_run_time: int, remaining_restarts: int) -> None:
-    """``outcome``: the final WorkerState's value, or one of the OUTCOME_* of this module."""
+def run_end(
+    group: WorkerGroup, outcome: str, total_run_time: int, remaining_restarts: int,
+    attribution: Mapping[str, Any] | None = None,
+) -> None:
+    """``outcome``: the final WorkerState's value, or one of the OUTCOME_* of this module;
+    ``attribution``: the job's root cause, when a failure named one (``root_cause_*`` fields)."""
     emit_agent_event(
         group,
         names.RUN_END,
@@ -104,6 +108,7 @@ def run_end(group: WorkerGroup, outcome: str, total_run_time: int, remaining_res
         total_run_time=total_run_time,
         agent_restarts=group.spec.max_restarts - remaining_restarts,
         remaining_restarts=remaining_restarts,
+        **(attribution or {}),
     )
 
 
@@ -113,8 +118,10 @@ def restart(
     remaining_restarts: int,
     failed_ranks: Iterable[int] = (),
     nodes_waiting: int = 0,
+    attribution: Mapping[str, Any] | None = None,
 ) -> None:
-    """``reason``: ``names.RESTART_FAILURE`` or ``names.RESTART_MEMBERSHIP``."""
+    """``reason``: ``names.RESTART_FAILURE`` or ``names.RESTART_MEMBERSHIP``; ``attribution``:
+    the job's root cause of a failure restart (``root_cause_*`` fields)."""
     max_restarts = group.spec.max_restarts
     emit_agent_event(
         group,
@@ -125,6 +132,7 @@ def restart(
         agent_restarts=max_restarts - remaining_restarts,
         nodes_waiting=nodes_waiting,
         failed_ranks=json.dumps(sorted(failed_ranks)),
+        **(attribution or {}),
     )
 
 
