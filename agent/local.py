@@ -46,7 +46,7 @@ from agent.processes import (
 )
 from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
 from agent.worker_env import substitute_local_rank, worker_env
-from agent.worker_failures import emit_worker_failed, process_failure
+from agent.worker_failures import FailureReporter
 from agent.worker_logs import log_tee_for
 from agent.worker_status import group_status
 from telemetry.events import put_metric
@@ -104,7 +104,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._workers: WorkerSet | None = None
         self._log_tee: LogTee | None = None
         self._next_sample = 0.0
-        self._reported_failures: set[int] = set()  # pids already published live
+        self._failures = FailureReporter()  # reasons, root cause, live events
         # The attempt's pids (fixed once started), and whether every worker is still known to
         # run: while it is, a monitor pass that learns of no exit is HEALTHY without looking
         # at each worker (it runs ten times a second for the whole job).
@@ -160,6 +160,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             for local_rank, env in envs.items()
         ]
         self._release_workers()
+        self._failures.begin(worker_group, launches, restart_count)
         spawner = self._ensure_spawner() if isinstance(spec.entrypoint, str) else None
         mp_context = None
         if not isinstance(spec.entrypoint, str):
@@ -172,7 +173,6 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._worker_pids = frozenset(workers.pids().values())
         self._all_running = True
         self._looked_for_exits = False
-        self._reported_failures = set()
         self._log_tee = log_tee_for(worker_group, logs, self._log_line_prefix_template).start()
         self._next_sample = time.monotonic()
         self._plan_standbys(spec)
@@ -186,8 +186,10 @@ class LocalElasticAgent(SimpleElasticAgent):
         if self._standby_invocation(spec) is None:
             self._standbys.dismiss()
             return
-        # Static groups restart only on failure; elastic ones also when membership changes.
-        elastic = spec.rdzv_handler.get_backend() != "static"
+        # Static groups restart only on failure; elastic ones also when membership changes,
+        # which a rendezvous admitting one node (a --standalone job) never sees.
+        handler = spec.rdzv_handler
+        elastic = handler.get_backend() != "static" and not rendezvous.admits_one_node(handler)
         if self._remaining_restarts > 0 or elastic:
             self._standby_due = time.monotonic() + STANDBY_DELAY_S
         else:
@@ -278,17 +280,10 @@ class LocalElasticAgent(SimpleElasticAgent):
         role = worker_group.spec.role
         failed = [w for w in workers.workers if w.failed]
         if failed:
-            newly_failed = [w for w in failed if w.pid not in self._reported_failures]
-            failures = {}
-            for proc in failed:
-                failure = process_failure(proc)
-                failures[worker_group.workers[proc.local_rank].global_rank] = failure
-                if proc in newly_failed:
-                    self._reported_failures.add(proc.pid)
-                    emit_worker_failed(
-                        worker_group, proc, failure, run_events.identity(worker_group),
-                        agent_restarts=worker_group.spec.max_restarts - self._remaining_restarts,
-                    )
+            failures, newly_failed = self._failures.report(
+                worker_group, failed, run_events.identity(worker_group),
+                agent_restarts=worker_group.spec.max_restarts - self._remaining_restarts,
+            )
             if newly_failed:
                 summary = ", ".join(f"local_rank {p.local_rank} exitcode {p.exit_code}" for p in newly_failed)
                 logger.error("[%s] worker(s) failed: %s; stopping the others", role, summary)
@@ -303,6 +298,9 @@ class LocalElasticAgent(SimpleElasticAgent):
             }
             return RunResult(state=WorkerState.SUCCEEDED, return_values=return_values)
         return RunResult(state=WorkerState.HEALTHY)
+
+    def _failure_attribution(self) -> dict[str, Any]:
+        return self._failures.attribution()
 
     def _sample_resources(self, workers: WorkerSet) -> None:
         role = self._worker_group.spec.role
@@ -351,6 +349,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._stop_log_tee()
         if self._workers is not None:
             self._workers.close()
+        self._failures.end()
 
     # ---- status ------------------------------------------------------------------------
 
