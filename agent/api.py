@@ -571,7 +571,7 @@ class SimpleElasticAgent(ElasticAgent):
             logger.info("rendezvous closed gracefully: %s", e)
         except SignalException as e:
             outcome = run_events.OUTCOME_SIGNALED
-            logger.warning("received %s, shutting down workers", e.sigval)
+            logger.warning("received %s, shutting down workers", e.sigval.name)
             self._shutdown(e.sigval)
             shutdown_done = True
             raise
@@ -581,7 +581,8 @@ class SimpleElasticAgent(ElasticAgent):
             # Also set on errors, so the final events carry the real duration.
             self._total_execution_time = int(time.monotonic() - started)
             run_events.run_end(
-                self._worker_group, outcome, self._total_execution_time, self._remaining_restarts
+                self._worker_group, outcome, self._total_execution_time, self._remaining_restarts,
+                attribution=self._failure_attribution(),
             )
 
     def get_event_failed(self) -> Event:
@@ -616,10 +617,7 @@ class SimpleElasticAgent(ElasticAgent):
             put_metric(state_names[state], 1)
 
             if state == WorkerState.SUCCEEDED:
-                logger.info(
-                    "[%s] worker group finished; waiting up to %ss for the other agents",
-                    role, self._exit_barrier_timeout,
-                )
+                logger.info("[%s] worker group finished", role)
                 self._exit_barrier()
                 return run_result
 
@@ -633,6 +631,7 @@ class SimpleElasticAgent(ElasticAgent):
                     run_events.restart(
                         self._worker_group, names.RESTART_FAILURE, self._remaining_restarts,
                         failed_ranks=run_result.failures.keys(),
+                        attribution=self._failure_attribution(),
                     )
                     with run_spans.step(run_spans.RESTART, role, reason=names.RESTART_FAILURE):
                         self._restart_workers(self._worker_group)
@@ -659,6 +658,11 @@ class SimpleElasticAgent(ElasticAgent):
             else:
                 raise Exception(f"[{role}] Worker group in {state.name} state")  # noqa: TRY002
 
+    def _failure_attribution(self) -> dict[str, Any]:
+        """The job's root cause for restart and run-end events; torch's agent knows none.
+        Subclasses that attribute failures across agents override this."""
+        return {}
+
     def _wait_for_change(self, interval: float) -> None:
         """Pause between monitor passes.
 
@@ -674,10 +678,12 @@ class SimpleElasticAgent(ElasticAgent):
         take the store (or its membership) away from nodes still running. A timeout is logged,
         not raised; a termination signal is re-raised.
         """
-        logger.info(
-            "local worker group finished (%s); waiting up to %ss for other agents",
-            self._worker_group.state, self._exit_barrier_timeout,
-        )
+        other_agents = self._worker_group.group_world_size - 1
+        if other_agents > 0:  # alone, there is nobody to wait for: say nothing about waiting
+            logger.info(
+                "local worker group finished (%s); waiting up to %ss for %s other agent(s)",
+                self._worker_group.state, self._exit_barrier_timeout, other_agents,
+            )
         from torch.distributed.elastic.multiprocessing import SignalException
 
         started = time.time()
@@ -690,7 +696,8 @@ class SimpleElasticAgent(ElasticAgent):
                     key_prefix=_TERMINAL_STATE_SYNC_ID,
                     barrier_timeout=self._exit_barrier_timeout,
                 )
-            logger.info("all agents done; waited %.3fs", time.time() - started)
+            if other_agents > 0:
+                logger.info("all agents done; waited %.3fs", time.time() - started)
         except SignalException as e:
             logger.warning("termination signal %s during the exit barrier", e.sigval)
             raise
