@@ -80,7 +80,7 @@ class _TimelineWriter:
             return _failure_line(e)
         if e.name == RESTART:
             r = next(self.restarts, None)
-            took = (f", healthy again after {_ms(r.duration_ms)}"
+            took = (f", workers running again after {_ms(r.duration_ms)}"
                     if r and r.duration_ms is not None else "")
             ranks = f" of rank(s) {', '.join(map(str, r.failed_ranks))}" if r and r.failed_ranks else ""
             return (f"restart #{r.number if r else '?'} ({md.get('reason')}{ranks}); "
@@ -147,7 +147,7 @@ def _summary_lines(run: RunSummary) -> list[str]:
         lines.append(f"rendezvous: {len(r)} round(s), mean {_ms(sum(r) / len(r))}, max {_ms(max(r))}")
     timed = [x.duration_ms for x in run.restarts if x.duration_ms is not None]
     if timed:
-        lines.append(f"restart to healthy: mean {_ms(sum(timed) / len(timed))}, max {_ms(max(timed))}")
+        lines.append(f"restart to workers running: mean {_ms(sum(timed) / len(timed))}, max {_ms(max(timed))}")
     if run.endpoint_url:
         lines.append(f"endpoint: {run.endpoint_url}")
     return lines
