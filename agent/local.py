@@ -44,8 +44,9 @@ from agent.processes import (
     read_usage,
     shared_invocation,
 )
+from agent.progress import SITE_DIR, ProgressChannels, ProgressMetrics
 from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
-from agent.worker_env import substitute_local_rank, worker_env
+from agent.worker_env import progress_env, substitute_local_rank, worker_env
 from agent.worker_failures import FailureReporter
 from agent.worker_logs import log_tee_for
 from agent.worker_status import group_status
@@ -77,6 +78,10 @@ class LocalElasticAgent(SimpleElasticAgent):
     of time, so that a restart does not wait for interpreter start-up (see
     :mod:`agent.processes.standby`). Set it False to always start workers cold.
 
+    ``count_optimizer_steps``: each worker's ``optimizer.step()`` counts as a training step
+    (a hook arranged at worker start, see :mod:`elastiscope.progress_hook`); False leaves only
+    the steps a script reports through :mod:`elastiscope.progress`.
+
     Run it from the thread that should own the workers (normally the main thread, where the
     termination signals are handled): workers are tied to the life of that thread.
     """
@@ -91,6 +96,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         shutdown_timeout: int = 30,
         resource_sample_interval: float = 5.0,
         warm_standby: bool = True,
+        count_optimizer_steps: bool = True,
     ):
         super().__init__(spec, exit_barrier_timeout, shutdown_timeout)
         self._logs_specs = logs_specs if logs_specs is not None else DefaultLogsSpecs()
@@ -112,6 +118,9 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._all_running = False
         self._looked_for_exits = False
         self._status_lock = threading.Lock()
+        # Each worker's progress record (agent/progress.py), read from the monitor loop.
+        self._progress = ProgressChannels([ProgressMetrics(spec.role)])
+        self._progress_site = SITE_DIR if count_optimizer_steps else None
 
     # ---- the run -----------------------------------------------------------------------
 
@@ -140,8 +149,10 @@ class LocalElasticAgent(SimpleElasticAgent):
         if worker_group.store is None:
             raise AssertionError
         restart_count = spec.max_restarts - self._remaining_restarts
+        records = self._progress.begin_attempt(restart_count, [w.local_rank for w in worker_group.workers])
         envs = {
-            worker.local_rank: worker_env(worker_group, worker, restart_count)
+            worker.local_rank: {**worker_env(worker_group, worker, restart_count),
+                                **progress_env(records.get(worker.local_rank), self._progress_site)}
             for worker in worker_group.workers
         }
         # Creates this attempt's log directories and adds TORCHELASTIC_ERROR_FILE to envs.
@@ -233,6 +244,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         # Runs ten times a second for the whole job: in the common case one wait, and chores
         # (standbys, resource samples) only when one is due.
         now = time.monotonic()
+        self._progress.poll_if_due(now)
         deadline = now + interval
         while True:
             if now >= self._next_sample or (self._standby_due is not None and now >= self._standby_due):
@@ -277,6 +289,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             self._all_running = False
         if self._all_running:
             return RunResult(state=WorkerState.HEALTHY)
+        self._progress.poll()  # exits seen: their last steps are in the records now
         role = worker_group.spec.role
         failed = [w for w in workers.workers if w.failed]
         if failed:
@@ -326,6 +339,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             self._stop_processes(death_sig, grace)
         finally:
             self._release_workers()
+            self._progress.close()
             self._standby_due = None
             if self._spawner is not None:
                 self._spawner.close()  # its standbys exit with it
@@ -357,4 +371,4 @@ class LocalElasticAgent(SimpleElasticAgent):
         """The group and its workers as plain data; safe and cheap to call from any thread."""
         with self._status_lock:
             workers = self._workers
-        return group_status(self._worker_group, workers, self._remaining_restarts)
+        return group_status(self._worker_group, workers, self._remaining_restarts, self._progress.status())

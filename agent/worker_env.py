@@ -6,9 +6,10 @@ import os
 from string import Template
 from typing import Any
 
+from elastiscope.progress_layout import AUTO_STEPS_ENV, CHANNEL_ENV
 from telemetry import tracing
 
-__all__ = ["worker_env", "local_rank_env", "substitute_local_rank"]
+__all__ = ["worker_env", "local_rank_env", "substitute_local_rank", "progress_env"]
 
 
 def worker_env(worker_group: Any, worker: Any, restart_count: int) -> dict[str, str]:
@@ -40,6 +41,25 @@ def worker_env(worker_group: Any, worker: Any, restart_count: int) -> dict[str, 
     traceparent = tracing.traceparent()
     if traceparent:
         env["TRACEPARENT"] = traceparent
+    return env
+
+
+# Where a standby's boot finds our sitecustomize (a standby started before the worker's
+# PYTHONPATH was known; see agent/processes/standby_boot.py).
+PROGRESS_SITE_ENV = "ELASTISCOPE_PROGRESS_SITE"
+
+
+def progress_env(record: str | None, site_dir: str | None) -> dict[str, str]:
+    """The worker's progress record, and ``site_dir`` (our sitecustomize, which counts optimizer
+    steps) first on its PYTHONPATH; no site_dir: steps are counted only if the script reports
+    them. A worker whose environment opts out (``ELASTISCOPE_AUTO_STEPS=0``) gets no hook."""
+    if not record:
+        return {}
+    env = {CHANNEL_ENV: record}
+    if site_dir and os.environ.get(AUTO_STEPS_ENV, "1").strip().lower() not in ("0", "false", "no", "off"):
+        path = os.environ.get("PYTHONPATH")
+        env["PYTHONPATH"] = f"{site_dir}{os.pathsep}{path}" if path else site_dir
+        env[PROGRESS_SITE_ENV] = site_dir
     return env
 
 

@@ -10,8 +10,10 @@ from telemetry.names import TERMINATED
 
 __all__ = ["group_status", "worker_status"]
 
-def group_status(group: WorkerGroup, workers: WorkerSet | None, remaining_restarts: int) -> dict[str, Any]:
-    """The group and its workers' processes (``workers``, None before the first start)."""
+def group_status(group: WorkerGroup, workers: WorkerSet | None, remaining_restarts: int,
+                 progress: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The group and its workers' processes (``workers``, None before the first start), with
+    each worker's progress (by local rank) when the agent reads it."""
     spec = group.spec
     procs = {p.local_rank: p for p in workers.workers} if workers is not None else {}
     try:
@@ -29,12 +31,15 @@ def group_status(group: WorkerGroup, workers: WorkerSet | None, remaining_restar
         "group_rank": group.group_rank,
         "group_world_size": group.group_world_size,
         "world_size": members[0].world_size if members and members[0].world_size >= 0 else None,
-        "workers": [worker_status(w, procs.get(w.local_rank)) for w in members],
+        "workers": [worker_status(w, procs.get(w.local_rank), (progress or {}).get(w.local_rank))
+                    for w in members],
     }
 
 
-def worker_status(worker: Any, proc: WorkerProcess | None) -> dict[str, Any]:
-    """One worker (torch's ``Worker``) and its process, if it was started."""
+def worker_status(worker: Any, proc: WorkerProcess | None,
+                  progress: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One worker (torch's ``Worker``) and its process, if it was started; ``progress`` is
+    ``{"reporting": False}`` for a worker that has not reported progress (not a stalled one)."""
     if proc is None:
         state, pid, start, code, cpu, rss = WorkerState.INIT.value, None, None, None, None, None
     else:
@@ -51,6 +56,7 @@ def worker_status(worker: Any, proc: WorkerProcess | None) -> dict[str, Any]:
         "exit_code": code,
         "cpu_seconds": cpu,
         "rss_bytes": rss,
+        "progress": progress,
     }
 
 

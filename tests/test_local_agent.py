@@ -250,6 +250,8 @@ def test_a_restarted_worker_from_a_standby_runs_like_a_fresh_interpreter(
         assert warm_env.pop("TORCHELASTIC_RESTART_COUNT") == "1"
         cold_env.pop("TORCHELASTIC_RESTART_COUNT")
         cold_env.pop("TORCHELASTIC_ERROR_FILE"), warm_env.pop("TORCHELASTIC_ERROR_FILE")
+        # Each attempt has progress records of its own.
+        assert cold_env.pop("ELASTISCOPE_PROGRESS_FILE") != warm_env.pop("ELASTISCOPE_PROGRESS_FILE")
         assert warm_env == cold_env
 
 
@@ -422,7 +424,8 @@ def test_status_snapshot_describes_running_workers_from_another_thread(telemetry
         assert w["state"] == "HEALTHY"
         assert w["exit_code"] is None and abs(w["start_time"] - time.time()) < 60
         assert set(w) == {"local_rank", "global_rank", "role_rank", "pid", "state", "start_time",
-                          "exit_code", "cpu_seconds", "rss_bytes"}
+                          "exit_code", "cpu_seconds", "rss_bytes", "progress"}
+        assert w["progress"] == {"reporting": False}  # the sleeper makes no step
     final = agent.status_snapshot()
     assert final["state"] == "SUCCEEDED" and [w["exit_code"] for w in final["workers"]] == [0, 0]
 

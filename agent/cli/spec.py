@@ -194,6 +194,7 @@ def _agent_options(args: argparse.Namespace, logs_specs: Any) -> dict[str, Any]:
         log_line_prefix_template=os.getenv("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"),
         shutdown_timeout=shutdown_timeout,
         warm_standby=not args.no_warm_standby,
+        count_optimizer_steps=not args.no_progress,
     )
 
 

@@ -53,6 +53,7 @@ def run_callable_worker(boot: CallableBoot) -> None:
     _redirect_fd(1, boot.stdout, sys.stdout)
     _redirect_fd(2, boot.stderr, sys.stderr)
     os.environ.update(boot.env)
+    _arrange_progress_hook()
     result = _call_recording_errors(boot.fn, boot.args)
     tmp = f"{boot.result_file}.tmp"
     with open(tmp, "wb") as f:
@@ -60,6 +61,15 @@ def run_callable_worker(boot: CallableBoot) -> None:
     os.replace(tmp, boot.result_file)
     if boot.all_returned is not None:
         boot.all_returned.wait()
+
+
+def _arrange_progress_hook() -> None:
+    """Count the callable's optimizer steps, as our sitecustomize does for a script worker (a
+    callable's interpreter was started before its environment was known)."""
+    if os.environ.get("ELASTISCOPE_PROGRESS_SITE"):
+        from elastiscope import progress_hook  # small, and imports no torch
+
+        progress_hook.install()
 
 
 def _redirect_fd(fd: int, path: str, stream: TextIO) -> None:

@@ -5,7 +5,9 @@ A standby runs as ``python <the worker's flags> -c LOADER <this file> <job fd> <
 standby is for). LOADER runs this module from its cached bytecode in a namespace of its own,
 never as ``agent.processes.standby_boot``: the worker must find neither our package in
 ``sys.modules`` nor anything else a plain ``python script.py`` would not have. So this module
-imports nothing of ours, and only what the interpreter has loaded at start-up anyway.
+imports nothing of ours, and only what the interpreter has loaded at start-up anyway; the one
+exception is what a cold worker of the same job also loads at start-up: Elastiscope's
+sitecustomize and the optimizer-step hook it installs (see ``_arrange_progress_hook``).
 
 It reads its job from the pipe (a marshal'd dict, see ``standby.standby_job``), becomes the
 worker (cwd, environment, log files, argv, ``sys.path[0]``) and runs the program in a clean
@@ -26,6 +28,7 @@ def main():
     if job is None:
         os._exit(0)
     _become_worker(job)
+    _arrange_progress_hook()
     namespace = _fresh_main_namespace()
     if job["module"]:
         _run_module(job)  # runpy fills the emptied __main__ itself
@@ -58,6 +61,25 @@ def _become_worker(job):
     if job["stdout"]:
         # Started on the agent's stream; a file (or a terminal) buffers as it would at start-up.
         sys.stdout.reconfigure(line_buffering=os.isatty(1))
+
+
+def _arrange_progress_hook():
+    """What Elastiscope's sitecustomize does at a cold worker's start-up (the agent put it on
+    the worker's PYTHONPATH), done now: this interpreter started before that PYTHONPATH was
+    known. Same modules as a cold worker: our sitecustomize when no other ran at start-up;
+    when one did, ours would have chained to it, so only the hook is installed."""
+    site_dir = os.environ.get("ELASTISCOPE_PROGRESS_SITE")
+    if not site_dir or sys.flags.ignore_environment or sys.flags.no_site:
+        return
+    try:
+        if "sitecustomize" in sys.modules:
+            __import__("elastiscope.progress_hook")
+            sys.modules["elastiscope.progress_hook"].install()
+        else:
+            sys.path.insert(0, site_dir)  # ours takes its directory off sys.path again
+            __import__("sitecustomize")
+    except Exception:  # progress is telemetry: the worker runs without it
+        pass
 
 
 def _fresh_main_namespace():

@@ -13,12 +13,23 @@ from pydantic import BaseModel, Field
 from telemetry.names import AGENT, WORKER, WORKER_STATES
 
 __all__ = [
-    "WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem",
+    "WorkerProgress", "WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem",
 ]
 
 State = Literal[WORKER_STATES]  # type: ignore[valid-type]
 Source = Literal[AGENT, WORKER]  # type: ignore[valid-type]
 MetadataValue = Union[str, int, float, bool, None]
+
+
+class WorkerProgress(BaseModel):
+    """A worker's training progress, read from its progress record."""
+
+    reporting: bool = Field(..., description="false: the worker has not reported progress "
+                            "(no optimizer step, no explicit report), which is not a stall")
+    steps: Optional[int] = Field(None, description="steps of the current attempt")
+    global_step: Optional[int] = Field(None, description="the training's global step, if known")
+    last_step_time: Optional[float] = Field(None, description="end of the last step, seconds since the epoch")
+    last_step_duration: Optional[float] = Field(None, description="seconds between the last two step ends")
 
 
 class WorkerStatus(BaseModel):
@@ -33,6 +44,7 @@ class WorkerStatus(BaseModel):
     exit_code: Optional[int] = Field(None, description="null while the worker runs")
     cpu_seconds: Optional[float] = Field(None, description="user + system CPU time")
     rss_bytes: Optional[int] = Field(None, description="resident memory")
+    progress: Optional[WorkerProgress] = Field(None, description="null where the agent reads no progress")
 
 
 class Status(BaseModel):

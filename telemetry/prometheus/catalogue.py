@@ -48,6 +48,10 @@ RUN_OUTCOMES = (("succeeded", "true"), ("succeeded", "false"), ("failed", "true"
 # rendezvous waits for peers (up to minutes), a restart includes both plus worker start.
 _FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# A training step: from a millisecond (a tiny model) to minutes; the same bounds as the worker's
+# progress record counts in (elastiscope/progress_layout.py DURATION_BOUNDS; a test keeps them equal).
+TRAINING_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                         10.0, 30.0, 60.0, 300.0)
 _RESTART_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
@@ -144,6 +148,43 @@ CATALOGUE: tuple[Series, ...] = (
     Series("elastiscope_worker_resident_memory_bytes", "gauge", ("role", "local_rank"),
            "Resident memory of a worker process.", "put_metric workers.<role>.worker.<local_rank>.rss_bytes",
            when="agents that sample worker resources (local agent)"),
+    Series("elastiscope_worker_reporting_progress", "gauge", ("role", "local_rank"),
+           "1 once a worker has reported progress (an optimizer step or an explicit report), 0 "
+           "before: a worker that never reports is not reporting progress, not stalled.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.reporting",
+           when="agents that read progress (local agent)"),
+    Series("elastiscope_worker_steps_total", "counter", ("role", "local_rank"),
+           "Training steps a worker reported (each optimizer.step(), or each explicit "
+           "progress.step()), over every attempt of the run.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.steps",
+           when="after a worker's first step (local agent)"),
+    Series("elastiscope_worker_last_step_timestamp_seconds", "gauge", ("role", "local_rank"),
+           "When a worker's last step ended, in seconds since the epoch.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.last_step_time",
+           when="after a worker's first step (local agent)"),
+    Series("elastiscope_worker_step_duration_seconds", "histogram", ("role", "local_rank"),
+           "Time between a worker's consecutive step ends (every step counted, however rarely "
+           "the agent reads).",
+           "put_metric workers.<role>.worker.<local_rank>.progress.step_duration_{bucket.<i>,sum}",
+           when="after a worker's second step (local agent)", buckets=TRAINING_STEP_BUCKETS),
+    Series("elastiscope_worker_global_step", "gauge", ("role", "local_rank"),
+           "The training's global step on a worker: set by the script, or counted by the "
+           "optimizer hook and carried in the optimizer's state dict across a resume.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.global_step",
+           when="after a worker's first step (local agent)"),
+    Series("elastiscope_worker_checkpoint_step", "gauge", ("role", "local_rank", "kind"),
+           "Global step of the last checkpoint a worker reported saved or loaded (kind).",
+           "put_metric workers.<role>.worker.<local_rank>.progress.checkpoint_step.<kind>",
+           when="scripts that report checkpoints (elastiscope.progress)"),
+    Series("elastiscope_worker_progress_scalar", "gauge", ("role", "local_rank", "name"),
+           "A named value a worker reported (at most four names per worker, e.g. loss, "
+           "samples_per_second, tokens_per_second).",
+           "put_metric workers.<role>.worker.<local_rank>.progress.scalar.<name>",
+           when="scripts that report scalars (elastiscope.progress)"),
+    Series("elastiscope_node_steps_per_second", "gauge", ("role",),
+           "Mean steps per second of this node's reporting workers over the last 10 seconds.",
+           "put_metric workers.<role>.progress.steps_per_second",
+           when="after a worker's first step (local agent)"),
     Series("elastiscope_events_total", "counter", ("name", "source"),
            "Events published, by event name and source.", "every event",
            zero="at configure: each documented event kind with a fixed name, with its source(s)"),

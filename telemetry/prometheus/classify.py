@@ -28,6 +28,8 @@ class MetricKind(str, Enum):
     WORKER_RSS = "worker_rss"
     WORKER_START_DURATION = "worker_start_duration"
     WORKER_STOP_DURATION = "worker_stop_duration"
+    WORKER_PROGRESS = "worker_progress"
+    NODE_STEP_RATE = "node_step_rate"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ _ROLE_SUFFIXES = {
 # torch publishes the group state as workers.<role>.<state in lower case>.
 _STATE_SUFFIXES = {state.lower(): state for state in names.WORKER_STATES}
 _WORKER_RESOURCE = re.compile(r"^workers\.(?P<role>.+)\.worker\.(?P<rank>\d+)\.(?P<what>cpu_seconds|rss_bytes)$")
+# A worker's progress: labels (role, rank, what, argument); the argument is a bucket index, a
+# checkpoint kind or a scalar's name (bounded by the worker's record: see docs/reference.md).
+_WORKER_PROGRESS = re.compile(
+    r"^workers\.(?P<role>.+)\.worker\.(?P<rank>\d+)\.progress\.(?P<what>[a-z_]+)(?:\.(?P<arg>[a-z0-9_]+))?$")
 _PROF_STEP = re.compile(r"^(?:.+\.)?_(?P<step>start|stop)_workers\.duration\.ms$")
 
 
@@ -69,6 +75,11 @@ def classify_metric(group: str, name: str) -> MetricTarget:
         if m:
             kind = MetricKind.WORKER_CPU if m["what"] == "cpu_seconds" else MetricKind.WORKER_RSS
             return MetricTarget(kind, (m["role"], m["rank"]))
+        m = _WORKER_PROGRESS.match(name)
+        if m:
+            return MetricTarget(MetricKind.WORKER_PROGRESS, (m["role"], m["rank"], m["what"], m["arg"] or ""))
+        if name.endswith(".progress.steps_per_second"):
+            return MetricTarget(MetricKind.NODE_STEP_RATE, (name[len("workers."):-len(".progress.steps_per_second")],))
         role, _, suffix = name[len("workers."):].rpartition(".")
         if role:
             if suffix in _RUN_OUTCOME_SUFFIXES:

@@ -9,7 +9,7 @@ import threading
 from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from telemetry import names, state
 from telemetry.prometheus.catalogue import (
@@ -30,6 +30,8 @@ StatsSource = Callable[[], "dict[str, dict[str, int]]"]
 # Series whose values a collector produces at scrape time instead of a prometheus_client metric.
 _COLLECTED = frozenset({
     "elastiscope_worker_cpu_seconds_total",
+    "elastiscope_worker_steps_total",
+    "elastiscope_worker_step_duration_seconds",
     "elastiscope_telemetry_dropped_total",
     "elastiscope_telemetry_sink_errors_total",
 })
@@ -49,9 +51,13 @@ class AgentMetrics:
         self._children: dict[tuple, object] = {}
         self._children_lock = threading.Lock()
         self._worker_cpu = _WorkerCpuTotals()
+        self._worker_steps = _WorkerCpuTotals("elastiscope_worker_steps_total")
+        self._step_durations = _StepDurations()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_WithoutCreated(self._updated))
         self.registry.register(self._worker_cpu)
+        self.registry.register(self._worker_steps)
+        self.registry.register(self._step_durations)
         self.registry.register(_SinkHealth(stats_source or _process_pipeline_stats))
 
     def child(self, series: str, *labels: str):
@@ -106,6 +112,16 @@ class AgentMetrics:
     def set_worker_cpu(self, role: str, local_rank: str, seconds: float) -> None:
         self._worker_cpu.set(role, local_rank, seconds)
 
+    def set_worker_steps(self, role: str, local_rank: str, steps: float) -> None:
+        self._worker_steps.set(role, local_rank, steps)
+
+    def set_step_duration_bucket(self, role: str, local_rank: str, bucket: int, count: float) -> None:
+        """The steps counted in bucket ``bucket`` (not cumulative; the last is +Inf)."""
+        self._step_durations.set_bucket(role, local_rank, bucket, count)
+
+    def set_step_duration_sum(self, role: str, local_rank: str, seconds: float) -> None:
+        self._step_durations.set_sum(role, local_rank, seconds)
+
 
 def _family(series: Series, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
     if series.type == "counter":
@@ -146,20 +162,58 @@ class _WithoutCreated:
 
 
 class _WorkerCpuTotals:
-    """Worker CPU seconds arrive as running totals, not increments: kept as given and exposed
-    as a counter at scrape time (a prometheus_client Counter can only be increased)."""
+    """Worker CPU seconds (or steps) arrive as running totals, not increments: kept as given
+    and exposed as a counter at scrape time (a prometheus_client Counter can only be increased)."""
 
-    def __init__(self) -> None:
+    def __init__(self, series: str = "elastiscope_worker_cpu_seconds_total") -> None:
+        self._series = series
         self._totals: dict[tuple[str, str], float] = {}
 
     def set(self, role: str, local_rank: str, seconds: float) -> None:
         self._totals[(role, local_rank)] = float(seconds)
 
     def collect(self) -> Iterator[Metric]:
-        family = _counter_family("elastiscope_worker_cpu_seconds_total")
+        family = _counter_family(self._series)
         # dict.copy() is atomic: a sample arriving from the monitor thread mid-scrape is safe.
         for (role, rank), value in sorted(self._totals.copy().items()):
             family.add_metric([role, rank], value)
+        yield family
+
+
+class _StepDurations:
+    """A worker's step durations arrive as per-bucket totals counted by the worker (every step,
+    however rarely the agent reads): exposed as a histogram at scrape time."""
+
+    def __init__(self) -> None:
+        self._series = series_named("elastiscope_worker_step_duration_seconds")
+        self._counts: dict[tuple[str, str], list[float]] = {}
+        self._sums: dict[tuple[str, str], float] = {}
+
+    def _row(self, key: tuple[str, str]) -> list[float]:
+        row = self._counts.get(key)
+        if row is None:
+            row = self._counts[key] = [0.0] * (len(self._series.buckets) + 1)
+        return row
+
+    def set_bucket(self, role: str, local_rank: str, bucket: int, count: float) -> None:
+        row = self._row((role, local_rank))
+        if 0 <= bucket < len(row):
+            row[bucket] = float(count)
+
+    def set_sum(self, role: str, local_rank: str, seconds: float) -> None:
+        self._row((role, local_rank))
+        self._sums[(role, local_rank)] = float(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._series
+        family = HistogramMetricFamily(s.name, s.help, labels=s.labels)
+        bounds = [*(repr(float(b)) for b in s.buckets), "+Inf"]
+        for key, row in sorted(self._counts.copy().items()):
+            cumulative, running = [], 0.0
+            for bound, n in zip(bounds, list(row)):
+                running += n
+                cumulative.append((bound, running))
+            family.add_metric(list(key), cumulative, self._sums.get(key, 0.0))
         yield family
 
 

@@ -97,6 +97,8 @@ class PrometheusSink(Sink):
 
     def emit(self, record: Event | MetricPoint) -> None:
         if type(record) is MetricPoint:
+            MetricKind.WORKER_PROGRESS: self._worker_progress,
+            MetricKind.NODE_STEP_RATE: self._node_step_rate,
             target = self._target(record)
             self._on_metric[target.kind](record, target.labels)
         else:
@@ -256,3 +258,31 @@ class PrometheusSink(Sink):
 
     def _worker_stop_duration(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
         self.metrics.child("elastiscope_worker_stop_duration_seconds", self.role).observe(point.value / 1000.0)
+
+    # A worker's progress: one put_metric name per field of its record (agent/progress.py).
+    _PROGRESS_GAUGES = {
+        "reporting": "elastiscope_worker_reporting_progress",
+        "last_step_time": "elastiscope_worker_last_step_timestamp_seconds",
+        "global_step": "elastiscope_worker_global_step",
+    }
+
+    def _worker_progress(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        role, rank, what, arg = labels
+        gauge = self._PROGRESS_GAUGES.get(what)
+        if gauge is not None:
+            self._set_gauge(gauge, (role, rank), point.value)
+        elif what == "steps":
+            self.metrics.set_worker_steps(role, rank, point.value)
+        elif what == "step_duration_bucket" and arg.isdigit():
+            self.metrics.set_step_duration_bucket(role, rank, int(arg), point.value)
+        elif what == "step_duration_sum":
+            self.metrics.set_step_duration_sum(role, rank, point.value)
+        elif what == "checkpoint_step" and arg in ("saved", "loaded"):
+            self._set_gauge("elastiscope_worker_checkpoint_step", (role, rank, arg), point.value)
+        elif what == "scalar" and arg:
+            self._set_gauge("elastiscope_worker_progress_scalar", (role, rank, arg), point.value)
+        else:
+            self._generic(point, labels)
+
+    def _node_step_rate(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        self._set_gauge("elastiscope_node_steps_per_second", labels, point.value)
