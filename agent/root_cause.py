@@ -20,9 +20,12 @@ __all__ = ["PublishedFailure", "FailureBoard", "first_failure", "attribution_fie
 
 logger = logging.getLogger(__name__)
 
-# How long an agent that saw a failure waits for the other agents' reports before it names a
-# root cause; it stops waiting as soon as every agent of the group has reported.
-SETTLE_S = 1.0
+# How long after its own first failure an agent waits for the other agents' reports before it
+# names a root cause; it stops waiting as soon as every agent of the group has reported. Only a
+# failure earlier than ours can change the answer, and another agent publishes one within its
+# detection latency (milliseconds: exits are learnt through a selector), so a short window
+# covers a busy machine without delaying the restart much.
+SETTLE_S = 0.5
 _POLL_S = 0.02
 
 
@@ -110,9 +113,10 @@ class FailureBoard:
         except Exception:
             return 0
 
-    def settle(self, timeout: float = SETTLE_S) -> PublishedFailure | None:
-        """The root cause once every agent has reported, or what is known after ``timeout``."""
-        deadline = time.monotonic() + timeout
+    def settle(self, since: float, window: float = SETTLE_S) -> PublishedFailure | None:
+        """The root cause once every agent has reported, or what is known ``window`` seconds
+        after ``since`` (epoch seconds: this agent's first failure)."""
+        deadline = time.monotonic() + max(0.0, since + window - time.time())
         while self.agents_reported() < self._group_world_size and time.monotonic() < deadline:
             time.sleep(_POLL_S)
         return first_failure(self.read())

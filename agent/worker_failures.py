@@ -170,6 +170,7 @@ class FailureReporter:
         """Every failed worker's ProcessFailure by global rank, and the ones new since the last
         call; the new ones are published, attributed and told as events."""
         new = [proc for proc in failed if proc.pid not in self._reported]
+        seen_at = time.time()  # before the root cause is settled: that wait is not detection
         tails = {proc.pid: self.stderr_tail(proc) for proc in new}
         failures = {}
         for proc in failed:
@@ -182,7 +183,8 @@ class FailureReporter:
         self.root_cause = self._attribute(worker_group, new, failures, identity.get("hostname", ""))
         for proc in new:
             global_rank = worker_group.workers[proc.local_rank].global_rank
-            extra = {"stderr_tail": tails[proc.pid], **log_paths(proc.launch)}
+            extra = {"stderr_tail": tails[proc.pid], **log_paths(proc.launch),
+                     "detect_latency_ms": round(max(0.0, seen_at - proc.exited_at) * 1000, 3)}
             extra.update(attribution_fields(self.root_cause, global_rank))
             emit_worker_failed(worker_group, proc, failures[global_rank], identity, agent_restarts, extra)
         return failures, new
@@ -204,7 +206,7 @@ class FailureReporter:
         if self._board is None:
             return first_failure(published + ([self.root_cause] if self.root_cause else []))
         self._board.publish(published)
-        return self._board.settle()
+        return self._board.settle(since=min(f.time for f in published))
 
     def attribution(self) -> dict[str, Any]:
         """The root-cause fields for restart and run-end events (empty before any failure)."""

@@ -139,7 +139,8 @@ class StderrRelay:
             return
         self._closed = True
         os.write(self._wake_w, b"x")
-        self._thread.join(5.0)
+        if self._thread.is_alive():
+            self._thread.join(5.0)
         with self._lock:
             for rank in list(self._read_fds):
                 self._drain(rank)

@@ -9,22 +9,27 @@ A log may hold several runs (one file given as ``--event-log`` to many runs): ea
 ``elastiscope.agent.run_start`` begins a new one. Lines that are not events are counted and
 skipped, so a log cut short by a crash still reads.
 
+Several logs of one job (one per node, or a folder holding them) merge into one job timeline,
+root cause first (``merge``).
+
 ``model`` holds the dataclasses, ``reading`` the file and the cut into runs, ``summary`` what
-each run amounts to, ``rendering`` the text and JSON shown.
+each run amounts to, ``merge`` the logs of a job's nodes, ``rendering`` the text and JSON shown.
 """
 
 from __future__ import annotations
 
+from telemetry.timeline.merge import log_paths, read_jobs, root_causes
 from telemetry.timeline.model import (
     Attempt,
     Failure,
+    JobTimeline,
     LogEvent,
     Restart,
     RunSummary,
     TimelineError,
 )
 from telemetry.timeline.reading import read_events, read_runs, resolve_log_path
-from telemetry.timeline.rendering import render, summaries_as_json
+from telemetry.timeline.rendering import jobs_as_json, render, render_jobs, summaries_as_json
 from telemetry.timeline.summary import first_error_line, summarise
 
 __all__ = [
@@ -41,4 +46,10 @@ __all__ = [
     "first_error_line",
     "render",
     "summaries_as_json",
+    "JobTimeline",
+    "log_paths",
+    "read_jobs",
+    "root_causes",
+    "render_jobs",
+    "jobs_as_json",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TimelineError", "LogEvent", "Failure", "Restart", "Attempt", "RunSummary"]
+__all__ = ["TimelineError", "LogEvent", "Failure", "Restart", "Attempt", "RunSummary", "JobTimeline"]
 
 
 class TimelineError(Exception):
@@ -38,6 +38,23 @@ class Failure:
     pid: Any
     error: str
     detect_latency_ms: Any = None
+    hostname: Any = None
+    group_rank: Any = None
+    # The worker's log files, when its output went to files.
+    stdout_log: Any = None
+    stderr_log: Any = None
+    # Whether this failure is the job's root cause (False: collateral, it died after a peer;
+    # None: the log does not say), and which rank the agent named as the root cause.
+    root_cause: Any = None
+    root_cause_rank: Any = None
+
+    @property
+    def exited_at(self) -> float:
+        """When the worker exited (ms): the event's time less the time it took to be seen."""
+        try:
+            return self.timestamp - float(self.detect_latency_ms or 0)
+        except (TypeError, ValueError):
+            return float(self.timestamp)
 
 
 @dataclass
@@ -80,6 +97,8 @@ class RunSummary:
     failures: list[Failure] = field(default_factory=list)
     rendezvous_ms: list[float] = field(default_factory=list)
     events: list[LogEvent] = field(default_factory=list)
+    # The job's root cause as the agent last named it (rank, host, error), when a failure did.
+    root_cause: dict[str, Any] | None = None
     # Lines of the file that were not events; the log's count is kept on its last run, since
     # a cut-short or corrupted line cannot be attributed to a run. Not part of the JSON run.
     skipped_lines: int = 0
@@ -89,3 +108,14 @@ class RunSummary:
         if self.started is None or self.ended is None:
             return None
         return (self.ended - self.started) / 1000
+
+
+@dataclass
+class JobTimeline:
+    """One job seen from several event logs (one per node): each node's run, and the failures
+    that started it all, first."""
+
+    run_id: Any
+    paths: list[str]
+    runs: list[RunSummary]
+    root_causes: list[Failure] = field(default_factory=list)

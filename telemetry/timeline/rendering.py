@@ -16,10 +16,10 @@ from telemetry.names import (
     WORKER,
     WORKER_FAILED,
 )
-from telemetry.timeline.model import Failure, LogEvent, RunSummary
+from telemetry.timeline.model import Failure, JobTimeline, LogEvent, RunSummary
 from telemetry.timeline.summary import failure_of
 
-__all__ = ["render", "summaries_as_json"]
+__all__ = ["render", "summaries_as_json", "render_jobs", "jobs_as_json"]
 
 # The metadata worth a glance on the lines --all adds for events without a line of their own.
 _ALL_EVENTS_KEYS = ("state", "global_rank", "duration_ms", "reason")
@@ -46,10 +46,28 @@ def _exit(f: Failure) -> str:
     return f"exit code {f.exit_code}" if f.exit_code is not None else "exit code unknown"
 
 
+def _attribution(f: Failure) -> str:
+    if f.root_cause is True:
+        return " [root cause]"
+    if f.root_cause is False and f.root_cause_rank is not None:
+        return f" [collateral: after rank {f.root_cause_rank}]"
+    return ""
+
+
+def _log_note(f: Failure) -> str:
+    return f"; stderr log {f.stderr_log}" if f.stderr_log else ""
+
+
 def _failure_line(event: LogEvent) -> str:
     f = failure_of(event, None)
     latency = f" (seen in {_ms(f.detect_latency_ms)})" if f.detect_latency_ms is not None else ""
-    return f"FAILED {_rank(f)}, {_exit(f)}: {f.error or 'no error message'}{latency}"
+    return (f"FAILED {_rank(f)}, {_exit(f)}: {f.error or 'no error message'}{latency}"
+            f"{_attribution(f)}{_log_note(f)}")
+
+
+def _root_cause_line(f: Failure) -> str:
+    host = f" on {f.hostname}" if f.hostname else ""
+    return f"root cause: {_rank(f)}{host}, attempt {f.attempt}, {_exit(f)}: {f.error or 'no error message'}{_log_note(f)}"
 
 
 class _TimelineWriter:
@@ -135,11 +153,14 @@ def _summary_lines(run: RunSummary) -> list[str]:
         + (f" ({why})" if why else "")
         + (f"   max restarts: {run.max_restarts}" if run.max_restarts is not None else ""),
     ]
+    if run.root_cause:
+        rc = run.root_cause
+        lines.append(f"root cause: rank {rc.get('rank')} on {rc.get('host')}: {rc.get('error')}")
     if run.failures:
         lines.append(f"failures: {len(run.failures)}")
         for f in run.failures:
             lines.append(f"  attempt {f.attempt}: {_rank(f)}, {_exit(f)}: "
-                         f"{f.error or 'no error message'}")
+                         f"{f.error or 'no error message'}{_attribution(f)}{_log_note(f)}")
     else:
         lines.append("failures: none")
     if run.rendezvous_ms:
@@ -172,3 +193,62 @@ def summaries_as_json(runs: list[RunSummary], path: str) -> dict[str, Any]:
         "skipped_lines": runs[-1].skipped_lines if runs else 0,
         "runs": [_run_as_json(run) for run in runs],
     }
+
+
+def _node_label(run: RunSummary) -> str:
+    group_rank = next((e.metadata.get("group_rank") for e in run.events
+                       if e.metadata.get("group_rank") is not None), "?")
+    return f"node {group_rank} {run.hostname}"
+
+
+def _job_lines(job: JobTimeline, show_all: bool) -> list[tuple[float, int, str]]:
+    """Every node's timeline lines, tagged with the node, in the order things happened: a
+    failure at the time its worker exited (not when its agent told it), the root cause first."""
+    lines = []
+    for run in job.runs:
+        label = _node_label(run)
+        writer = _TimelineWriter(run, show_all)
+        for e in run.events:
+            text = writer.line(e)
+            if text is None:
+                continue
+            at: float = e.timestamp
+            first = 1
+            if e.name == WORKER_FAILED:
+                f = failure_of(e, None)
+                at, first = f.exited_at, 0 if f.root_cause else 1
+            lines.append((at, first, f"[{label}] {text}"))
+    lines.sort(key=lambda line: (line[0], line[1]))
+    return lines
+
+
+def render_jobs(jobs: list[JobTimeline], show_all: bool = False) -> str:
+    """The text of ``elastiscope events`` over several logs: per job, its root cause, one
+    timeline of every node, then each node's summary."""
+    out: list[str] = []
+    for job in jobs:
+        if out:
+            out.append("")
+        nodes = ", ".join(_node_label(run) for run in job.runs)
+        out.append(f"job {job.run_id}: {len(job.runs)} node(s): {nodes}")
+        out.extend(f"  event log {path}" for path in job.paths)
+        out.extend(f"  {_root_cause_line(f)}" for f in job.root_causes)
+        lines = _job_lines(job, show_all)
+        origin = min((ts for ts, _, _ in lines if ts), default=0)
+        for ts, _, text in lines:
+            offset = f"+{(ts - origin) / 1000:.3f}s" if ts and origin else ""
+            out.append(f"  {_clock(int(ts))} {offset:>10}  {text}")
+        for run in job.runs:
+            out.append(f"  summary of {_node_label(run)}: {run.outcome}")
+            out.extend("    " + line for line in _summary_lines(run))
+    return "\n".join(out)
+
+
+def jobs_as_json(jobs: list[JobTimeline]) -> dict[str, Any]:
+    """The data of ``elastiscope events --json`` over several logs."""
+    return {"jobs": [
+        {"run_id": job.run_id, "paths": job.paths,
+         "root_causes": [asdict(f) for f in job.root_causes],
+         "nodes": [_run_as_json(run) for run in job.runs]}
+        for job in jobs
+    ]}

@@ -76,6 +76,12 @@ def failure_of(event: LogEvent, attempt: Attempt | None) -> Failure:
         pid=md.get("worker_pid") or md.get("worker_id"),
         error=first_error_line(md),
         detect_latency_ms=md.get("detect_latency_ms"),
+        hostname=md.get("hostname"),
+        group_rank=md.get("group_rank"),
+        stdout_log=md.get("stdout_log"),
+        stderr_log=md.get("stderr_log"),
+        root_cause=md.get("root_cause"),
+        root_cause_rank=md.get("root_cause_rank"),
     )
 
 
@@ -122,6 +128,9 @@ class _RunBuilder:
             run.started = event.timestamp
         if event.timestamp:
             run.ended = max(run.ended or 0, event.timestamp)
+        if md.get("root_cause_rank") is not None:
+            run.root_cause = {"rank": md.get("root_cause_rank"), "host": md.get("root_cause_host"),
+                              "error": md.get("root_cause_error")}
         handler = self.handlers.get(event.name)
         if handler is not None:
             handler(event)
