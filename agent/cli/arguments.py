@@ -242,6 +242,9 @@ def _add_access_flags(obs) -> None:
     obs.add_argument("--no-warm-standby", action=flag,
                      help="start every attempt's workers cold instead of from interpreters kept "
                           "ready for a restart (workers then show their own command line in /proc)")
+    obs.add_argument("--no-progress", action=flag,
+                     help="do not count each optimizer.step() as a training step (no hook in the "
+                          "workers); steps reported through elastiscope.progress still count")
 
 
 def build_run_parser() -> argparse.ArgumentParser:
@@ -263,9 +266,6 @@ def build_run_parser() -> argparse.ArgumentParser:
     _add_telemetry_flags(obs)
     _add_access_flags(obs)
     p.add_argument("training_script", type=str,
-    obs.add_argument("--no-progress", action=flag,
-                     help="do not count each optimizer.step() as a training step (no hook in the "
-                          "workers); steps reported through elastiscope.progress still count")
                    help="the training script (or module with -m, or program with --no-python)")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER,
                    help="arguments for the training script")

@@ -86,6 +86,8 @@ class PrometheusSink(Sink):
             MetricKind.WORKER_RSS: self._worker_rss,
             MetricKind.WORKER_START_DURATION: self._worker_start_duration,
             MetricKind.WORKER_STOP_DURATION: self._worker_stop_duration,
+            MetricKind.WORKER_PROGRESS: self._worker_progress,
+            MetricKind.NODE_STEP_RATE: self._node_step_rate,
         }
         # Children whose label values are known now start at 0 (the role's, at run start).
         self.metrics.count_events_from_zero()
@@ -97,8 +99,6 @@ class PrometheusSink(Sink):
 
     def emit(self, record: Event | MetricPoint) -> None:
         if type(record) is MetricPoint:
-            MetricKind.WORKER_PROGRESS: self._worker_progress,
-            MetricKind.NODE_STEP_RATE: self._node_step_rate,
             target = self._target(record)
             self._on_metric[target.kind](record, target.labels)
         else:
