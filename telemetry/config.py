@@ -104,6 +104,17 @@ def _event_log(value: str | os.PathLike, name: str) -> tuple[Path, bool]:
     return path, is_directory
 
 
+def _event_log_setting(
+    event_log: str | os.PathLike | None, env: Mapping[str, str], name: str | None
+) -> tuple[Path | None, bool]:
+    """The event log argument, else its variable, checked; errors call it ``name``."""
+    name = name or ("event log" if event_log is not None else "event log (ELASTISCOPE_EVENT_LOG)")
+    event_log = event_log if event_log is not None else env.get("ELASTISCOPE_EVENT_LOG") or None
+    if event_log is None:
+        return None, False
+    return _event_log(event_log, name)
+
+
 def resolve_settings(
     *,
     event_log: str | os.PathLike | None = None,
@@ -115,12 +126,11 @@ def resolve_settings(
     role: str | None = None,
     console_events: bool = False,
     env: Mapping[str, str] = os.environ,
+    event_log_name: str | None = None,
 ) -> TelemetrySettings:
-    """Merge arguments with the environment and validate. Pure: touches no global state."""
-    event_log = event_log if event_log is not None else env.get("ELASTISCOPE_EVENT_LOG") or None
-    log_path, is_dir = (None, False)
-    if event_log is not None:
-        log_path, is_dir = _event_log(event_log, "event log (ELASTISCOPE_EVENT_LOG)")
+    """Merge arguments with the environment and validate. Pure: touches no global state.
+    ``event_log_name``: what errors call the event log setting (the caller's flag, say)."""
+    log_path, is_dir = _event_log_setting(event_log, env, event_log_name)
 
     fmt = (log_format or env.get("ELASTISCOPE_LOG_FORMAT") or "auto").strip().lower()
     if fmt not in ("auto", "json", "console"):

@@ -17,7 +17,8 @@ from typing import Any, TextIO
 
 from telemetry import state
 
-__all__ = ["LOG_FORMATS", "LOGGER_TREES", "configure_logging", "bind", "bound", "resolve_format", "unconfigure_logging"]
+__all__ = ["LOG_FORMATS", "LOGGER_TREES", "configure_logging", "bind", "bound", "resolve_format",
+           "active_format", "unconfigure_logging"]
 
 LOG_FORMATS = ("auto", "json", "console")
 # Logger trees whose records we render: the agent's modules and our own.
@@ -80,6 +81,7 @@ class _StructlogHandler(logging.StreamHandler):
     def __init__(self, stream: TextIO | None) -> None:
         super().__init__(stream or sys.stderr)
         self._fixed_stream = stream
+        self.log_format = "console"  # what configure_logging resolved "auto" to
 
     def emit(self, record: logging.LogRecord) -> None:
         if self._fixed_stream is None:
@@ -104,6 +106,7 @@ def configure_logging(
     fmt = resolve_format(log_format, target)
     colors = fmt == "console" and _isatty(target)
     handler = _StructlogHandler(stream)
+    handler.log_format = fmt
     handler.setFormatter(_formatter(fmt, colors))
     handler.set_name(f"elastiscope-{fmt}")
     unconfigure_logging()
@@ -117,6 +120,12 @@ def configure_logging(
     state.undo_on_reset(unconfigure_logging)
     bind(**context)
     return handler
+
+
+def active_format() -> str | None:
+    """The format our log lines are rendered in ("json" or "console"); None before
+    ``configure_logging``. Other lines of ours (the CLI's status lines) follow it."""
+    return getattr(state.log_handler(), "log_format", None)
 
 
 def unconfigure_logging() -> None:

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import closing
@@ -158,6 +159,7 @@ class Node:
         env: dict[str, str],
         event_log: Path | None,
         metrics_port: int | None,
+        watch_metrics: bool = False,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -174,6 +176,18 @@ class Node:
             )
         self.started = time.monotonic()
         self.ended: float | None = None
+        # A scraper watching the whole run, as Prometheus would: the agent keeps its endpoint up
+        # after the job (--metrics-linger) only for a run that was scraped.
+        self.last_scrape: list[tuple[str, dict, float]] | None = None
+        if watch_metrics and metrics_port is not None:
+            threading.Thread(target=self._watch_metrics, daemon=True).start()
+
+    def _watch_metrics(self) -> None:
+        while self.alive():
+            samples = self.metrics()
+            if samples is not None:
+                self.last_scrape = samples
+            time.sleep(0.25)
 
     # -- process --
     @property
@@ -283,9 +297,10 @@ class Node:
     def final_metrics(self, timeout: float) -> list[tuple[str, dict, float]]:
         """``/metrics`` as the run ended, read during the endpoint's end-of-job linger.
 
-        The node must run with ``--metrics-linger`` > 0: once it prints its final line the
-        endpoint waits for one scrape after the end. Scraping until the process exits makes
-        sure one of them came after it, and the last answer is the final state.
+        The node must run with ``--metrics-linger`` > 0 (its cluster then watches its
+        /metrics all along): once it prints its final line the endpoint waits for one scrape
+        after the end. Scraping until the process exits makes sure one of them came after it,
+        and the last answer (this loop's or the watcher's) is the final state.
         """
         wait_until(lambda: "elastiscope: run " in self.stderr() or not self.alive(), timeout,
                    lambda: f"{self.name} to finish its run\n{self.diagnostics()}")
@@ -296,7 +311,10 @@ class Node:
             samples = self.metrics()
             if samples is not None:
                 last = samples
-            return not self.alive()
+            if not self.alive():
+                last = last or self.last_scrape  # the watcher's scrape may have ended the linger
+                return True
+            return False
 
         wait_until(scraped_until_exit, timeout,
                    lambda: f"{self.name} to exit after its final scrape\n{self.diagnostics()}",
@@ -388,6 +406,7 @@ class Cluster:
             "--shutdown-timeout", "5",
             "--metrics-port", str(metrics_port),
             "--metrics-linger", str(self.metrics_linger),
+            "--log-format", "console",  # lines for a person: the suites read them as text
             "--event-log", str(event_log),
             *self.agent_args,
             *extra,
@@ -405,7 +424,8 @@ class Cluster:
         port = free_port()
         event_log = workdir / "events.jsonl"
         node_env = {**self.env, **(env or {})}
-        node = Node(name, self.node_argv(port, event_log, extra), workdir, node_env, event_log, port)
+        node = Node(name, self.node_argv(port, event_log, extra), workdir, node_env, event_log, port,
+                    watch_metrics=self.metrics_linger > 0)
         self.nodes.append(node)
         return node
 

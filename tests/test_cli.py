@@ -34,8 +34,24 @@ def elastiscope_cmd():
     return [exe] if exe else [sys.executable, "-m", "agent"]
 
 
+def status_text(line):
+    """A status line as a person reads it: ``elastiscope: ...`` also for its JSON form (our
+    lines are JSON off a terminal, as here where stderr is a pipe)."""
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return line
+        if isinstance(record, dict) and record.get("logger") == "elastiscope.cli":
+            return f"elastiscope: {record['event']}"
+    return line
+
+
 class Launched:
-    """A running command whose stderr is read on a thread, so tests can wait for lines."""
+    """A running command whose stderr is read on a thread, so tests can wait for lines.
+
+    ``err_lines`` holds stderr with our JSON status lines shown as text; ``raw_err_lines`` as
+    written."""
 
     def __init__(self, args, cwd, env=None):
         self.proc = subprocess.Popen(
@@ -43,6 +59,7 @@ class Launched:
             env={**os.environ, **(env or {})}, start_new_session=True,
         )
         self.err_lines: list[str] = []
+        self.raw_err_lines: list[str] = []
         self._cond = threading.Condition()
         self._stdout: list[str] = []
         self._threads = [
@@ -55,7 +72,9 @@ class Launched:
     def _pump(self, stream, sink):
         for line in stream:
             with self._cond:
-                sink.append(line.rstrip("\n"))
+                if sink is self.err_lines:
+                    self.raw_err_lines.append(line.rstrip("\n"))
+                sink.append(status_text(line.rstrip("\n")))
                 self._cond.notify_all()
 
     def wait_line(self, pattern, timeout=60):
@@ -204,6 +223,9 @@ def test_crash_once_restarts_once_and_events_explain_it(launch, tmp_path):
     assert "FAILED rank 1 (local 1), exit code 1: RuntimeError: injected crash on rank 1 at step 25" \
         in text.stdout, text.stdout
     assert "restarts: 1 (failure: 1)" in text.stdout
+    assert re.search(r"restart #1 \(failure of rank\(s\) 1\); 1 left, workers running again after "
+                     r"\d+ ms", text.stdout), text.stdout
+    assert "healthy again" not in text.stdout  # a restart's duration is not training resumed
     assert f"run started: {EXAMPLE}, 2 worker(s)" in text.stdout, text.stdout
     (only_run,) = json.loads(summary.stdout)["runs"]
     assert only_run["outcome"] == "SUCCEEDED"
@@ -214,17 +236,46 @@ def test_crash_once_restarts_once_and_events_explain_it(launch, tmp_path):
 # ---- the end of the job -----------------------------------------------------------------------
 
 
-def test_endpoint_lingers_until_the_final_state_is_scraped(launch, tmp_path):
-    script = write_script(tmp_path, "noop.py", "pass\n")
-    run = launch("run", "--metrics-linger", "60", script)
+# A worker that runs until the test lets it finish (by creating the file named in its argv).
+UNTIL_RELEASED = "import os, sys, time\nwhile not os.path.exists(sys.argv[1]):\n    time.sleep(0.05)\n"
+LINGER_LINE = re.compile(r"^elastiscope: endpoint stays up until the next /metrics scrape")
+
+
+def scrape(base):
+    try:
+        response = httpx.get(base + "/metrics", timeout=5)
+    except httpx.HTTPError:
+        return None
+    return response.text if response.status_code == 200 else None
+
+
+def test_a_scraped_endpoint_lingers_until_the_final_state_is_scraped(launch, tmp_path):
+    script = write_script(tmp_path, "until.py", UNTIL_RELEASED)
+    release = tmp_path / "release"
+    run = launch("run", "--metrics-linger", "60", script, str(release))
     base = run.wait_line(URL_LINE).group(1)
+    poll(lambda: scrape(base), 60, "a scrape during the run")  # a scraper is watching
+    release.touch()
     run.wait_line(re.compile(r"^elastiscope: run SUCCEEDED"))
-    metrics = httpx.get(base + "/metrics", timeout=5).text
+    run.wait_line(LINGER_LINE)
+    metrics = scrape(base)
     scraped = time.monotonic()
     assert run.wait(30) == 0
     assert time.monotonic() - scraped < 15  # the scrape, not the 60 s, ended the linger
-    assert re.search(r'^elastiscope_worker_group_state\{role="default",state="SUCCEEDED"\} 1\.0$',
-                     metrics, re.M), metrics
+    assert metrics and re.search(
+        r'^elastiscope_worker_group_state\{role="default",state="SUCCEEDED"\} 1\.0$', metrics,
+        re.M), metrics
+
+
+def test_an_endpoint_nobody_scraped_does_not_linger(launch, tmp_path):
+    """Nobody watched the run, so nobody waits for its final state: the job ends with its work."""
+    script = write_script(tmp_path, "noop.py", "pass\n")
+    run = launch("run", "--metrics-linger", "60", script)
+    run.wait_line(re.compile(r"^elastiscope: run SUCCEEDED"))
+    summarised = time.monotonic()
+    assert run.wait(30) == 0, run.stderr
+    assert time.monotonic() - summarised < 10  # not the 60 s
+    assert not any(LINGER_LINE.search(line) for line in run.err_lines), run.stderr
 
 
 class _Pushgateway(http.server.BaseHTTPRequestHandler):
@@ -267,6 +318,98 @@ def test_python_dash_m_agent_runs_without_endpoint_or_event_log(launch, tmp_path
     assert "ran" in run.stdout
     assert not URL_LINE.search(run.stderr) and not LOG_LINE.search(run.stderr)
     assert not (tmp_path / "runs").exists()
+
+
+# Writes started.<rank> once running, then sleeps: lets a test signal a launcher whose workers run.
+STARTED_THEN_SLEEPS = ("import os, sys, time\n"
+                       "open(os.path.join(sys.argv[1], 'started.' + os.environ['RANK']), 'w').close()\n"
+                       "time.sleep(120)\n")
+
+
+def interrupt_once_started(run, directory, nproc):
+    poll(lambda: len(list(directory.glob("started.*"))) == nproc, 60, "the workers to start")
+    run.proc.send_signal(signal.SIGINT)
+    return run.wait(60)
+
+
+def test_ctrl_c_says_so_once_exits_like_torchrun_and_does_not_linger(launch, tmp_path):
+    script = write_script(tmp_path, "sleeper.py", STARTED_THEN_SLEEPS)
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    theirs.mkdir(), ours.mkdir()
+    torchrun = launch("--nproc-per-node", "2", script, str(theirs),
+                      cmd=[shutil.which("torchrun") or "torchrun"])
+    torchrun_code = interrupt_once_started(torchrun, theirs, 2)
+
+    run = launch("run", "--nproc-per-node", "2", "--metrics-linger", "60", script, str(ours))
+    base = run.wait_line(URL_LINE).group(1)
+    event_log = run.wait_line(LOG_LINE).group(1)
+    poll(lambda: scrape(base), 60, "a scrape during the run")  # would make a finished run linger
+    interrupted = time.monotonic()
+    code = interrupt_once_started(run, ours, 2)
+
+    assert code == torchrun_code == 1, (code, torchrun_code, run.stderr)
+    assert time.monotonic() - interrupted < 30  # no 60 s linger
+    ours_lines = [line for line in run.err_lines if line.startswith("elastiscope: ")]
+    assert ours_lines[-1].startswith("elastiscope: run stopped by SIGINT (exit 1), 0 restart(s)"), \
+        run.stderr
+    assert sum("SIGINT" in line for line in ours_lines) == 1, run.stderr
+    assert not any(LINGER_LINE.search(line) for line in run.err_lines), run.stderr
+    assert "HEALTHY" not in ours_lines[-1]
+    (run_end,) = [e for e in read_events(tmp_path / event_log)
+                  if e["name"] == "elastiscope.agent.run_end"]
+    assert run_end["metadata"]["state"] == "SIGNALED"  # the log says what happened, too
+
+
+def test_off_a_terminal_every_line_of_ours_is_json(launch, tmp_path):
+    script = write_script(tmp_path, "noop.py", "pass\n")
+    run = launch("run", "--nproc-per-node", "2", script)  # stderr is a pipe: --log-format auto
+    assert run.wait() == 0, run.stderr
+    records = [json.loads(line) for line in run.raw_err_lines]  # each line parses, or this fails
+    status = [r for r in records if r.get("logger") == "elastiscope.cli"]
+    assert [r["event"].split()[0] for r in status] == ["metrics", "event", "run"], records
+    summary = status[-1]
+    assert (summary["outcome"], summary["exit_code"], summary["restarts"]) == ("SUCCEEDED", 0, 0)
+    assert status[0]["url"].startswith("http://127.0.0.1:")
+    # A job of one node has no other agents to wait for, and says nothing about waiting.
+    assert not [r for r in records if "other agent" in r["event"] or "all agents" in r["event"]]
+
+
+def test_on_a_terminal_our_lines_are_for_a_person(tmp_path):
+    import pty
+
+    script = write_script(tmp_path, "noop.py", "pass\n")
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([*elastiscope_cmd(), "run", "--event-log", "off", script], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal's other side closed: the command has exited
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    assert proc.wait(60) == 0, output
+    text = output.decode(errors="replace")
+    assert re.search(r"^elastiscope: run SUCCEEDED \(exit 0\), 0 restart\(s\)", text, re.M), text
+    assert not [line for line in text.splitlines() if line.startswith("{")], text
+
+
+def test_no_standby_interpreters_when_no_restart_can_come(launch, tmp_path):
+    """--max-restarts 0 (the default) on one node: nothing can restart, so nothing is kept warm."""
+    probe = write_script(tmp_path, "probe.py", (
+        "import os, sys, time\nimport psutil\n"
+        "time.sleep(1.5)  # standbys would be up 0.2 s after the workers\n"
+        "spawner = psutil.Process(os.getppid())\n"
+        "standbys = [p for p in spawner.children()\n"
+        "            if any('_elastiscope_standby' in a for a in p.cmdline())]\n"
+        "open(os.path.join(sys.argv[1], 'standbys.' + os.environ['RANK']), 'w').write(str(len(standbys)))\n"))
+    run = launch("run", "--nproc-per-node", "2", "--metrics-port", "off", probe, str(tmp_path))
+    assert run.wait() == 0, run.stderr
+    assert [(tmp_path / f"standbys.{rank}").read_text() for rank in range(2)] == ["0", "0"]
 
 
 def test_sigterm_stops_the_workers_and_exits_1_like_torchrun(launch, tmp_path):

@@ -110,19 +110,42 @@ def test_event_log_directory_that_cannot_exist(tmp_path, script):
     blocker.write_text("")
     result = elastiscope("run", "--event-log", str(blocker / "logs" / "run.jsonl"), script,
                          cwd=tmp_path)
-    assert_usage_error(result, "event log", "not a directory", marker=script)
+    assert_usage_error(result, "--event-log: ", "not a directory", marker=script)
 
 
 def test_event_log_directory_that_is_not_writable(tmp_path, script):
     # /proc refuses new files even to root, which os.access-based checks would let through.
     result = elastiscope("run", "--event-log", "/proc/elastiscope-test/run.jsonl", script,
                          cwd=tmp_path)
-    assert_usage_error(result, "event log", marker=script)
+    assert_usage_error(result, "event log /proc/elastiscope-test/run.jsonl", marker=script)
+    assert "ELASTISCOPE_EVENT_LOG" not in result.stderr
+
+
+def test_a_bad_event_log_is_named_by_where_it_came_from(tmp_path, script):
+    """The flag when it was given as a flag, the variable when it came from the variable."""
+    bad = "/etc/passwd/x.jsonl"  # a file standing where a directory would have to be
+    flag = elastiscope("run", "--event-log", bad, script, cwd=tmp_path)
+    assert_usage_error(flag, "--event-log: /etc/passwd is not a directory", marker=script)
+    assert "ELASTISCOPE_EVENT_LOG" not in flag.stderr
+    variable = elastiscope("run", script, cwd=tmp_path, env={"ELASTISCOPE_EVENT_LOG": bad})
+    assert_usage_error(variable, "ELASTISCOPE_EVENT_LOG: /etc/passwd is not a directory",
+                       marker=script)
 
 
 def test_unknown_flag(tmp_path, script):
     result = elastiscope("run", "--no-such-flag", script, cwd=tmp_path)
     assert_usage_error(result, "--no-such-flag", marker=script)
+    assert "did you mean" not in result.stderr  # nothing is close: no guess
+
+
+@pytest.mark.parametrize("typo,meant", [
+    ("--nprocs-per-node=2", "--nproc-per-node"), ("--metric-port=0", "--metrics-port"),
+    ("--nproc_per_nodes=2", "--nproc_per_node"), ("--no-warm-standbys", "--no-warm-standby"),
+])
+def test_a_misspelt_flag_gets_a_did_you_mean(tmp_path, script, typo, meant):
+    result = elastiscope("run", typo, script, cwd=tmp_path)
+    assert_usage_error(result, f"unrecognized arguments: {typo}", f"did you mean {meant}?",
+                       marker=script)
 
 
 def test_non_loopback_metrics_host_without_token(tmp_path, script):

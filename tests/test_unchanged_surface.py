@@ -147,6 +147,8 @@ def run_crash_once(workdir: Path, code: Path, pythonpath: str | None) -> JobRun:
     try:
         started = _poll(lambda: find_event(event_log, ENDPOINT_STARTED), process, deadline)
         url = started["metadata"]["url"] if started else None
+        if url:  # a scraper watching the run, without which the endpoint does not linger
+            _poll(lambda: scrape(url), process, deadline)
         ended = _poll(lambda: find_event(event_log, *RUN_END), process, deadline)
         lingering = _poll(lambda: LINGER_ANNOUNCEMENT in stderr_path.read_text(errors="replace"),
                           process, deadline)

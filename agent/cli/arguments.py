@@ -9,6 +9,7 @@ Parsing imports neither torch nor the web stack, so bad input is refused at once
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 
 from agent.cli.errors import UsageError
@@ -30,11 +31,30 @@ def is_off(value: str) -> bool:
     return value.strip().lower() in _OFF_WORDS
 
 
+_UNRECOGNIZED = "unrecognized arguments: "
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing usage and exiting."""
+    """argparse that raises UsageError instead of printing usage and exiting, and suggests the
+    flag a misspelt one probably meant."""
 
     def error(self, message: str):  # type: ignore[override]
+        if message.startswith(_UNRECOGNIZED):
+            message += "".join(self._suggestions(message[len(_UNRECOGNIZED):].split()))
         raise UsageError(message)
+
+    def _suggestions(self, unknown: list[str]) -> list[str]:
+        known = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+        hints = []
+        for word in unknown:
+            flag = word.split("=", 1)[0]
+            if not flag.startswith("--"):
+                continue
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+            if close:
+                hints.append(f"; did you mean {close[0]}?" if len(unknown) == 1
+                             else f"; {flag}: did you mean {close[0]}?")
+        return hints
 
 
 class _EnvValue(argparse.Action):
@@ -215,8 +235,9 @@ def _add_endpoint_flags(obs) -> None:
                      metavar="PORT", help="port of the HTTP endpoint: 0 for a free one (default), off to disable")
     obs.add_argument("--metrics-linger", action=value, type=_non_negative_seconds,
                      default=str(DEFAULT_METRICS_LINGER), metavar="SECONDS",
-                     help="seconds the endpoint stays up after the job ends, unless /metrics is "
-                     f"scraped sooner (default {DEFAULT_METRICS_LINGER:g})")
+                     help="if /metrics was scraped during the run, keep the endpoint up after "
+                     "the job ends until the next scrape, at most this many seconds; never "
+                     f"scraped: no wait (default {DEFAULT_METRICS_LINGER:g})")
 
 
 def _add_telemetry_flags(obs) -> None:
@@ -278,8 +299,10 @@ def build_events_parser() -> argparse.ArgumentParser:
         description="Summarise a run from its event log: attempts, restarts and why, failures "
         "with rank, exit code and error, rendezvous and restart durations.",
     )
-    p.add_argument("path", nargs="?", default=DEFAULT_RUNS_DIR,
-                   help=f"event log file, or a directory: its newest *.jsonl (default ./{DEFAULT_RUNS_DIR})")
+    p.add_argument("paths", nargs="*", metavar="path",
+                   help="event log file, or a directory: its newest *.jsonl merged with the logs of "
+                   f"the same job's other nodes (default ./{DEFAULT_RUNS_DIR}); several logs (one per "
+                   "node) merge into one job timeline, root cause first")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--all", action="store_true", help="list every event in the timeline")
     return p

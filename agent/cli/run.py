@@ -4,8 +4,9 @@ The order matters for start-up time and for clean failures: the endpoint's socke
 first and its web stack loads on its own thread (at the first request, or a second after the
 workers are running) while this one imports torch and builds the spec; telemetry is configured
 (creating the event log) only once the request is known to be good, so bad input leaves no files
-behind; the endpoint is announced before rendezvous. At the end the endpoint lingers for a final
-scrape and the event log is flushed.
+behind; the endpoint is announced before rendezvous. At the end, if something scraped /metrics
+during the run, the endpoint stays up until the next scrape (``--metrics-linger`` at most) so the
+final state is seen; the event log is flushed.
 
 torch (and the local agent, which imports it) is imported only where the job starts: checking
 the arguments and binding the endpoint must not wait for it.
@@ -17,14 +18,13 @@ import argparse
 import logging
 import os
 import re
-import sys
 import time
 from typing import Any, Mapping, Sequence
 
 from agent.api import RunResult, WorkerSpec
 from agent.cli.arguments import DEFAULT_RUNS_DIR, build_run_parser, is_off
 from agent.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobError, UsageError, first_line
-from agent.cli.messages import PROG, say
+from agent.cli.messages import PROG, say, say_block
 from agent.cli.spec import plan_launch, resolve_nproc, settle_rendezvous
 from agent.cli.validate import check_run_args
 from agent.hostname import fq_hostname
@@ -60,6 +60,13 @@ def _event_log_setting(args: argparse.Namespace) -> str | None:
     return value
 
 
+def _event_log_origin(args: argparse.Namespace) -> str:
+    """Where the event log's path came from, as errors should name it: the flag or its variable."""
+    if args.event_log is not None and args.event_log == os.environ.get("ELASTISCOPE_EVENT_LOG"):
+        return "ELASTISCOPE_EVENT_LOG"
+    return "--event-log"
+
+
 class StatusBoard:
     """The endpoint's status provider: the agent's snapshot once it exists, INIT before."""
 
@@ -84,6 +91,7 @@ class Run:
         self.status: StatusBoard | None = None
         self.event_log: str | None = None
         self.started = False  # the agent was handed the job
+        self.stopped_by: str | None = None  # the signal's name, when a signal stopped the run
 
     # ---- before torch: identity, telemetry settings, endpoint ----
 
@@ -108,7 +116,8 @@ class Run:
         try:
             resolve_settings(event_log=self.event_log, log_format=args.log_format,
                              otlp_endpoint=args.otlp_endpoint, pushgateway=args.pushgateway,
-                             run_id=args.rdzv_id, role=args.role, env=self._telemetry_env())
+                             run_id=args.rdzv_id, role=args.role, env=self._telemetry_env(),
+                             event_log_name=_event_log_origin(args))
         except ConfigError as e:
             raise UsageError(str(e)) from None
 
@@ -184,10 +193,9 @@ class Run:
                 "host": str(self.endpoint.host), "port": int(self.endpoint.port),
                 "token_required": bool(args.token), "pid": os.getpid(),
             }))
-            log.info("endpoint listening on %s", url)
-            say(f"metrics {url}/metrics  status {url}/status  events {url}/events")
+            say(f"metrics {url}/metrics  status {url}/status  events {url}/events", url=url)
         if self.event_log:
-            say(f"event log {self.event_log}")
+            say(f"event log {self.event_log}", event_log=self.event_log)
 
     def _supervise(self, agent: Any, spec: WorkerSpec, entry_name: str) -> int:
         from torch.distributed.elastic.multiprocessing import SignalException
@@ -204,7 +212,7 @@ class Run:
             # A signalled agent leaves the rendezvous open, so the job can scale back in.
             close_rendezvous = False
             record(agent.get_event_failed(), spec.event_log_handler)
-            say(f"stopped by {e.sigval.name}")
+            self.stopped_by = e.sigval.name  # said once, in the summary line
             return EXIT_FAILED
         except Exception as e:
             record(agent.get_event_failed(), spec.event_log_handler)
@@ -231,7 +239,7 @@ class Run:
             _, first = failure.get_first_failure()
             if first.error_file and os.path.isfile(first.error_file):
                 errors.dump_error_file(first.error_file, first.exitcode)
-            print(failure.format_msg(), file=sys.stderr, flush=True)
+            say_block(failure.format_msg())
             return EXIT_FAILED
         return EXIT_OK
 
@@ -240,24 +248,38 @@ class Run:
     def finish(self, status: int) -> None:
         """Summary line, the endpoint's linger, and a flushed event log."""
         if self.started:
-            snapshot = self.status() if self.status is not None else {}
-            restarts = snapshot.get("restarts_used") or 0
-            say(f"run {snapshot.get('state', 'UNKNOWN')} (exit {status}), {restarts} restart(s)"
-                + (f"; timeline: {PROG} events {self.event_log}" if self.event_log else ""))
+            self._summarise(status)
         if self.endpoint is not None:
-            if self.started:
+            if self.started and self.stopped_by is None:  # whoever stopped it is not waiting
                 self._linger()
             self.endpoint.stop(timeout=0)
         shutdown(timeout=TELEMETRY_SHUTDOWN_TIMEOUT)
 
+    def _summarise(self, status: int) -> None:
+        """The run's one summary line: how it ended, its exit status, restarts, the timeline."""
+        snapshot = self.status() if self.status is not None else {}
+        restarts = snapshot.get("restarts_used") or 0
+        outcome = (f"stopped by {self.stopped_by}" if self.stopped_by
+                   else str(snapshot.get("state", "UNKNOWN")))
+        timeline = f"; timeline: {PROG} events {self.event_log}" if self.event_log else ""
+        say(f"run {outcome} (exit {status}), {restarts} restart(s){timeline}",
+            outcome=outcome, exit_code=status, restarts=restarts, event_log=self.event_log)
+
     def _linger(self) -> None:
+        """Keep the endpoint up for one more scrape, if a scraper has been watching this run.
+
+        A scraper that saw the run (Prometheus) should see its end too: wait for its next
+        /metrics scrape, ``--metrics-linger`` seconds at most. Nobody scraped: nobody is
+        waiting for the final state, so the job ends as soon as its work does.
+        """
         linger = self.args.metrics_linger
-        if linger <= 0 or self.endpoint.error is not None:
+        endpoint = self.endpoint
+        if linger <= 0 or endpoint.error is not None or not endpoint.scraped:
             return
-        self.endpoint.warm_up()  # a short job may end before anything asked for the app
-        say(f"endpoint stays up {linger:g}s for a final scrape (--metrics-linger)")
+        say(f"endpoint stays up until the next /metrics scrape, at most {linger:g}s "
+            "(--metrics-linger), for a final scrape")
         try:
-            self.endpoint.wait_for_scrape(after=time.monotonic(), timeout=linger)
+            endpoint.wait_for_scrape(after=time.monotonic(), timeout=linger)
         except KeyboardInterrupt:
             pass
 

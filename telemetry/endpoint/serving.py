@@ -54,6 +54,11 @@ class EndpointServer:
         self.last_scrape: float | None = None  # monotonic time of the latest /metrics answer
         self._scraped = threading.Condition()
 
+    @property
+    def scraped(self) -> bool:
+        """Whether /metrics has been answered at least once: a scraper is watching."""
+        return self.last_scrape is not None
+
     def note_scrape(self) -> None:
         with self._scraped:
             self.last_scrape = time.monotonic()
