@@ -8,8 +8,8 @@ environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT, TORCHELASTIC_RESTART_COUNT, TOR
 
 Rank 0 checkpoints to ``--checkpoint-dir`` every ``--checkpoint-every`` steps, in one file per run
 id, and every rank resumes from it when the group restarts. To see a restart, crash one rank
-once: ``--crash-once-rank 1 --crash-at-step 40`` raises on rank 1 at step 40 of the first attempt
-only (TORCHELASTIC_RESTART_COUNT == 0), so the restarted group resumes and finishes.
+once: ``--crash-once-rank 1`` raises on rank 1 at step 50 (or ``--crash-at-step N``) of the first
+attempt only (TORCHELASTIC_RESTART_COUNT == 0), so the restarted group resumes and finishes.
 """
 
 import argparse
@@ -23,6 +23,9 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 
 FEATURES, CLASSES = 32, 4
+# Where --crash-once-rank strikes unless --crash-at-step says otherwise: after a checkpoint (step
+# 40), so the restarted group visibly resumes rather than starting over.
+DEFAULT_CRASH_STEP = 50
 
 
 def parse_args(argv=None):
@@ -39,10 +42,15 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-every", type=int, default=20)
     p.add_argument("--crash-once-rank", type=int, default=None,
                    help="global rank that raises once, on the first attempt only")
-    p.add_argument("--crash-at-step", type=int, default=None)
+    p.add_argument("--crash-at-step", type=int, default=None,
+                   help=f"the step --crash-once-rank raises at (default {DEFAULT_CRASH_STEP}, "
+                   "or the last step of a shorter run)")
     p.add_argument("--step-delay", type=float, default=0.0,
                    help="seconds to sleep per step, to make a run last long enough to watch")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.crash_once_rank is not None and args.crash_at_step is None:
+        args.crash_at_step = min(DEFAULT_CRASH_STEP, args.steps)
+    return args
 
 
 def synthetic_data(samples, seed):
