@@ -215,3 +215,77 @@ def test_all_lists_every_event_not_only_the_milestones(crash_log):
     short, full = timeline.render(runs, crash_log), timeline.render(runs, crash_log, show_all=True)
     assert "torchelastic.worker.status.START" not in short
     assert full.count("torchelastic.worker.status.START") == 4
+
+
+# ---- several nodes: one job timeline, root cause first ----------------------------------------
+
+
+def node_log(group_rank, host, failures, run_id=RUN):
+    """A node's log of a failed run: each failure is (global_rank, exit ms, root_cause or None)."""
+    events = [
+        ev("elastiscope.agent.run_start", 10, run_id=run_id, hostname=host, group_rank=group_rank,
+           max_restarts=0, local_world_size=2),
+        *[dict(e, metadata=dict(e["metadata"], run_id=run_id, group_rank=group_rank))
+          for e in attempt(200)],
+    ]
+    for rank, exited, root in failures:
+        # Told 600 ms after the exit (the root-cause wait): the timeline places it at the exit.
+        marks = {} if root is None else {"root_cause": root, "root_cause_rank": 3}
+        events.append(ev("elastiscope.worker.failed", exited + 600, "WORKER", run_id=run_id,
+                         hostname=host, group_rank=group_rank, global_rank=rank,
+                         local_rank=rank % 2, exit_code=1, detect_latency_ms=600,
+                         error_message=f"error of rank {rank}",
+                         stderr_log=f"/logs/{host}/{rank}/stderr.log", **marks))
+    events.append(ev("elastiscope.agent.run_end", 9000, run_id=run_id, group_rank=group_rank,
+                     state="FAILED", total_run_time=9))
+    return events
+
+
+def two_node_logs(tmp_path, marked=True):
+    # Node 0's collateral failure is *told* first (node 1 waited longer), but rank 3 exited first.
+    a = write_log(tmp_path / "a.jsonl", node_log(0, "node-a", [(1, 5100, False if marked else None)]))
+    b = write_log(tmp_path / "b.jsonl", node_log(1, "node-b", [(3, 5000, True if marked else None),
+                                                               (2, 5200, False if marked else None)]))
+    return a, b
+
+
+def test_two_node_logs_merge_into_one_job_with_the_root_cause_first(tmp_path):
+    a, b = two_node_logs(tmp_path)
+    (job,) = timeline.read_jobs([a, b])
+    assert [r.hostname for r in job.runs] == ["node-a", "node-b"]
+    assert [f.global_rank for f in job.root_causes] == [3]
+    text = timeline.render_jobs([job])
+    lines = text.splitlines()
+    assert lines[0] == f"job {RUN}: 2 node(s): node 0 node-a, node 1 node-b"
+    failed = [line for line in lines if "FAILED rank" in line]
+    assert "[node 1 node-b] FAILED rank 3" in failed[0] and "[root cause]" in failed[0]
+    assert "[collateral: after rank 3]" in failed[1] and "rank 1" in failed[1]
+    root = next(i for i, line in enumerate(lines) if line.startswith("  root cause: rank 3"))
+    assert root < lines.index(failed[0])
+    assert "stderr log /logs/node-b/3/stderr.log" in lines[root]
+
+
+def test_logs_without_root_cause_marks_name_the_earliest_failure(tmp_path):
+    a, b = two_node_logs(tmp_path, marked=False)
+    (job,) = timeline.read_jobs([a, b])
+    assert [f.global_rank for f in job.root_causes] == [3]
+
+
+def test_a_folder_of_one_jobs_node_logs_is_merged_by_the_command(tmp_path):
+    two_node_logs(tmp_path)
+    write_log(tmp_path / "other.jsonl", node_log(0, "node-c", [], run_id="older-run"))
+    os.utime(tmp_path / "other.jsonl", (1, 1))
+    result = run_cli(str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"job {RUN}: 2 node(s)") and "node-c" not in result.stdout
+    data = json.loads(run_cli(str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--json",
+                              cwd=tmp_path).stdout)
+    (job,) = data["jobs"]
+    assert [f["global_rank"] for f in job["root_causes"]] == [3] and len(job["nodes"]) == 2
+
+
+def test_a_missing_log_among_several_is_a_clear_error(tmp_path):
+    a, _ = two_node_logs(tmp_path)
+    result = run_cli(a, str(tmp_path / "nope.jsonl"), cwd=tmp_path)
+    assert result.returncode != 0 and "event log not found" in result.stderr
+    assert "Traceback" not in result.stderr
