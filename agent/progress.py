@@ -65,8 +65,7 @@ class ProgressChannels:
         self.end_attempt()
         try:
             if self._dir is None:
-                shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-                self._dir = tempfile.mkdtemp(prefix="elastiscope-progress-", dir=shm)
+                self._dir = _records_dir()
             paths = {}
             for rank in local_ranks:
                 path = os.path.join(self._dir, f"{attempt}.{rank}")
@@ -132,6 +131,30 @@ class ProgressChannels:
         for reader in self._readers.values():
             reader.close()
         self._readers, self._last = {}, {}
+
+
+_PREFIX = "elastiscope-progress-"
+
+
+def _records_dir() -> str:
+    """A directory for this agent's records, named with its pid; the directories of agents
+    that died without cleaning up (SIGKILL) are removed on the way."""
+    parent = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    for name in os.listdir(parent):
+        pid = name[len(_PREFIX):].split("-", 1)[0] if name.startswith(_PREFIX) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's: alive
+    return True
 
 
 def _unchanged(a: ProgressSnapshot, b: ProgressSnapshot) -> bool:

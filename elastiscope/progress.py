@@ -29,13 +29,16 @@ def enabled() -> bool:
 
 def step(global_step: int | None = None) -> None:
     """One training step ended now. From the first call on, only these calls count steps (an
-    optimizer's ``step()`` no longer does). ``global_step``: the step's number, if the script
+    optimizer's ``step()`` no longer does, and the steps it counted before are dropped). ``global_step``: the step's number, if the script
     keeps one (it then need not call ``set_global_step``)."""
     writer = channel.writer()
     if writer is None:
         return
     if not writer.flags & progress_layout.F_EXPLICIT_STEPS:
+        # The script counts its own steps from now on: what the optimizer hook counted before
+        # (this very step, typically) is dropped, so no step counts twice.
         writer.set_flag(progress_layout.F_EXPLICIT_STEPS)
+        writer.forget_steps()
     if global_step is not None:
         writer.set_global_step(int(global_step) - 1)
     writer.step()
@@ -69,7 +72,7 @@ def checkpoint_loaded(step: int) -> None:
 def scalar(name: str, value: float) -> None:
     """A named value of this rank, exported as a gauge (e.g. ``loss``, ``samples_per_second``,
     ``tokens_per_second``). At most four names per worker, each of lower-case letters, digits
-    and ``_``, up to 15 long; others are ignored (the label set stays bounded)."""
+    and ``_``, up to 31 long; others are ignored (the label set stays bounded)."""
     writer = channel.writer()
     if writer is not None:
         writer.scalar(name, value)

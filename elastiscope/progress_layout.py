@@ -41,10 +41,11 @@ DURATION_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 S_BUCKETS = 16
 S_SCALARS = S_BUCKETS + len(DURATION_BOUNDS) + 1
 MAX_SCALARS = 4  # a few named scalars per worker: bounded label values
-SCALAR_NAME_BYTES = 16  # two slots of ASCII name, then one slot of value
+SCALAR_NAME_BYTES = 32  # four slots of ASCII name, then one slot of value
+SCALAR_STRIDE = SCALAR_NAME_BYTES // 8 + 1
 MAX_SCALAR_NAME = SCALAR_NAME_BYTES - 1
 # Slots up to 64 are the layout's; later versions (stragglers, ...) add fields after them.
-S_END = S_SCALARS + 3 * MAX_SCALARS
+S_END = S_SCALARS + SCALAR_STRIDE * MAX_SCALARS
 
 F_EXPLICIT_STEPS = 1  # the script reports its steps itself: the optimizer hook stands aside
 F_EXPLICIT_GLOBAL = 2  # the script set the global step: counted from there
@@ -108,6 +109,16 @@ class ProgressWriter:
         self._seq = seq + 1
         u[S_SEQ] = seq + 1
 
+    def forget_steps(self) -> None:
+        """Drop the steps counted so far (the optimizer hook's, when the script starts counting
+        its own), so that one step is never counted twice."""
+        self.steps = 0
+        self._begin()
+        self._u[S_STEPS] = 0
+        self._u[S_BUCKETS:S_SCALARS] = memoryview(bytes(8 * (S_SCALARS - S_BUCKETS))).cast("Q")
+        self._d[S_DURATION_SUM] = 0.0
+        self._end()
+
     def set_flag(self, flag: int) -> None:
         self.flags |= flag
         self._begin()
@@ -136,18 +147,18 @@ class ProgressWriter:
                 return False
             index = len(self._scalar_names)
             self._scalar_names.append(name)
-            base = (S_SCALARS + 3 * index) * 8
+            base = (S_SCALARS + SCALAR_STRIDE * index) * 8
             self._begin()
             self._map[base:base + SCALAR_NAME_BYTES] = name.encode().ljust(SCALAR_NAME_BYTES, b"\0")
             self._end()
         self._begin()
-        self._d[S_SCALARS + 3 * index + 2] = float(value)
+        self._d[S_SCALARS + SCALAR_STRIDE * index + SCALAR_STRIDE - 1] = float(value)
         self._end()
         return True
 
 
 def valid_scalar_name(name: object) -> bool:
-    """Lower-case letters, digits and _ (a Prometheus label value anyone can type), 1..15 long."""
+    """Lower-case letters, digits and _ (a Prometheus label value anyone can type), 1..31 long."""
     return (isinstance(name, str) and 0 < len(name) <= MAX_SCALAR_NAME and name.isascii()
             and all(c.islower() or c.isdigit() or c == "_" for c in name))
 
@@ -169,10 +180,10 @@ class ProgressSnapshot:
         self.buckets = tuple(u[S_BUCKETS:S_SCALARS])  # per bucket, not cumulative
         scalars = {}
         for k in range(MAX_SCALARS):
-            base = S_SCALARS + 3 * k
+            base = S_SCALARS + SCALAR_STRIDE * k
             name = raw[base * 8:base * 8 + SCALAR_NAME_BYTES].rstrip(b"\0")
             if name:
-                scalars[name.decode("ascii", "replace")] = d[base + 2]
+                scalars[name.decode("ascii", "replace")] = d[base + SCALAR_STRIDE - 1]
         self.scalars = scalars
 
 
