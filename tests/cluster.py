@@ -176,18 +176,15 @@ class Node:
             )
         self.started = time.monotonic()
         self.ended: float | None = None
-        # A scraper watching the whole run, as Prometheus would: the agent keeps its endpoint up
-        # after the job (--metrics-linger) only for a run that was scraped.
-        self.last_scrape: list[tuple[str, dict, float]] | None = None
+        # The agent keeps its endpoint up after the job (--metrics-linger) only for a run that
+        # was scraped: one scrape early in the run, as a watching Prometheus would make. Only
+        # one, so that the scrape ending the linger is the test's own (final_metrics).
         if watch_metrics and metrics_port is not None:
-            threading.Thread(target=self._watch_metrics, daemon=True).start()
+            threading.Thread(target=self._scrape_once, daemon=True).start()
 
-    def _watch_metrics(self) -> None:
-        while self.alive():
-            samples = self.metrics()
-            if samples is not None:
-                self.last_scrape = samples
-            time.sleep(0.25)
+    def _scrape_once(self) -> None:
+        while self.alive() and self.metrics() is None:
+            time.sleep(0.1)
 
     # -- process --
     @property
@@ -297,10 +294,10 @@ class Node:
     def final_metrics(self, timeout: float) -> list[tuple[str, dict, float]]:
         """``/metrics`` as the run ended, read during the endpoint's end-of-job linger.
 
-        The node must run with ``--metrics-linger`` > 0 (its cluster then watches its
-        /metrics all along): once it prints its final line the endpoint waits for one scrape
-        after the end. Scraping until the process exits makes sure one of them came after it,
-        and the last answer (this loop's or the watcher's) is the final state.
+        The node must run with ``--metrics-linger`` > 0 (its cluster then scrapes it once
+        early, so that it lingers): once it prints its final line the endpoint waits for one
+        scrape after the end. Scraping until the process exits makes sure one of them came
+        after it, and the last answer is the final state.
         """
         wait_until(lambda: "elastiscope: run " in self.stderr() or not self.alive(), timeout,
                    lambda: f"{self.name} to finish its run\n{self.diagnostics()}")
@@ -311,10 +308,7 @@ class Node:
             samples = self.metrics()
             if samples is not None:
                 last = samples
-            if not self.alive():
-                last = last or self.last_scrape  # the watcher's scrape may have ended the linger
-                return True
-            return False
+            return not self.alive()
 
         wait_until(scraped_until_exit, timeout,
                    lambda: f"{self.name} to exit after its final scrape\n{self.diagnostics()}",

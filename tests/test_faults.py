@@ -304,7 +304,8 @@ def test_an_event_log_that_cannot_be_created_is_one_line_and_exit_2(tmp_path, wh
         assert node.wait(STARTUP) == 2, node.diagnostics()
 
     lines = node.stderr().strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("elastiscope run: error: event log"), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        ("elastiscope run: error: event log", "elastiscope run: error: --event-log: ")), lines
     assert not (tmp_path / "out").exists()
 
 
