@@ -24,8 +24,9 @@ import sys
 import time
 from typing import Any
 
-from agent.torch_patches import handler_behind_tap
-from telemetry.events import put_metric as put_into_pipeline
+from agent.torch_patches import configured_metric_handler
+from telemetry import state
+from telemetry.records import MetricPoint
 
 __all__ = ["publish", "TORCHELASTIC_GROUP"]
 
@@ -35,19 +36,24 @@ logger = logging.getLogger(__name__)
 
 
 def publish(name: str, value: Any, group: str = TORCHELASTIC_GROUP) -> None:
-    """One of the agent's torchelastic data points: into the pipeline and torch's handler. Never raises."""
-    put_into_pipeline(name, value, group)
-    _deliver_to_torch_handler(name, value, group)
+    """One of the agent's torchelastic data points: into the pipeline and torch's handler. Never raises.
+
+    The run loop calls this four times per monitor pass, ten passes a second, for the whole job:
+    it goes straight to the pipeline (what ``telemetry.events.put_metric`` does, one call less).
+    """
+    now = time.time()
+    state.get_pipeline().publish(MetricPoint(now, group, name, value))
+    _deliver_to_torch_handler(name, value, group, now)
 
 
-def _deliver_to_torch_handler(name: str, value: Any, group: str) -> None:
+def _deliver_to_torch_handler(name: str, value: Any, group: str, now: float) -> None:
     torch_metrics = sys.modules.get("torch.distributed.elastic.metrics.api")
     if torch_metrics is None:  # torch's metrics never imported: nobody can have configured one
         return
     try:
-        handler = handler_behind_tap(torch_metrics.getStream(group).handler)
+        handler = configured_metric_handler(torch_metrics, group)
         if handler is None or isinstance(handler, torch_metrics.NullMetricHandler):
             return
-        handler.emit(torch_metrics.MetricData(time.time(), group, name, value))
+        handler.emit(torch_metrics.MetricData(now, group, name, value))
     except Exception:
         logger.debug("torch metric handler failed", exc_info=True)

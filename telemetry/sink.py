@@ -14,8 +14,9 @@ __all__ = ["Sink"]
 class Sink:
     """Base class of every sink. Subclasses override ``emit`` and, where they buffer, ``flush``.
 
-    ``events`` / ``metrics`` say which record types the sink wants; the pipeline does not hand
-    it the others. ``synchronous`` sinks run on the producer's thread and must be cheap and
+    ``events`` / ``metrics`` say which record types the sink takes; the pipeline does not hand
+    it the others. A sink that overrides ``wants`` is asked about each record of those types.
+    ``synchronous`` sinks run on the producer's thread and must be cheap and
     thread-safe. ``queue_size`` (queued sinks only) overrides the pipeline's default.
     """
 

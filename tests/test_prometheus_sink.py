@@ -191,3 +191,19 @@ def test_prometheus_output_is_the_same_with_and_without_skipping_repeats():
         assert generate_latest(skipping.registry) == generate_latest(plain.registry), (i, record)
     remaining_points = sum(1 for r in records if isinstance(r, MetricPoint) and r.name.endswith("remaining_restarts"))
     assert 0 < len(sets) < remaining_points  # some repeats were skipped, not applied
+
+
+def test_through_a_pipeline_the_sink_declines_repeats_and_shows_the_same_as_without_skipping():
+    """The pipeline asks ``wants`` first: a repeat never reaches the delivery or the sink."""
+    from telemetry.pipeline import Pipeline
+
+    plain = PrometheusSink(role="r", stats_source=no_stats, skip_repeats=False)
+    skipping = PrometheusSink(role="r", stats_source=no_stats)
+    plain_pipeline, skipping_pipeline = Pipeline([plain]), Pipeline([skipping])
+    records = run_loop_records(seed=5, count=1000)
+    for i, record in enumerate(records):
+        plain_pipeline.publish(record)
+        skipping_pipeline.publish(record)
+        assert generate_latest(skipping.registry) == generate_latest(plain.registry), (i, record)
+    offered = skipping_pipeline.stats()["prometheus"]["offered"]
+    assert offered < plain_pipeline.stats()["prometheus"]["offered"] == len(records)

@@ -24,6 +24,15 @@ from telemetry.sink import Sink
 __all__ = ["PrometheusSink"]
 
 _GROUP_STATE = "elastiscope_worker_group_state"
+# The gauge each kind of put_metric point sets (its labels are the point's target labels, or
+# (group, name) for the generic series). Kinds not listed add to counters or histograms.
+_GAUGE_OF_KIND = {
+    MetricKind.GENERIC: "elastiscope_torchelastic_metric",
+    MetricKind.REMAINING_RESTARTS: "elastiscope_remaining_restarts",
+    MetricKind.FLAKINESS: "elastiscope_flakiness_percent",
+    MetricKind.WORKER_RSS: "elastiscope_worker_resident_memory_bytes",
+    MetricKind.GROUP_STATE: _GROUP_STATE,
+}
 
 
 def _label(value: object) -> str:
@@ -56,6 +65,8 @@ class PrometheusSink(Sink):
         # prof metrics carry no role; they take the role of the run in progress.
         self.role = role or ""
         self._targets: dict[tuple[str, str], MetricTarget] = {}
+        # (group, name) -> the key of the gauge child the point sets, None if it sets none.
+        self._gauge_keys: dict[tuple[str, str], tuple | None] = {}
         self._event_counters: dict[tuple[str, str], object] = {}
         self._restart_started: dict[str, tuple[int, str]] = {}
         self._restart_lock = threading.Lock()
@@ -105,17 +116,68 @@ class PrometheusSink(Sink):
             self._event(record)
 
     # -- setting gauges, skipping repeats ----------------------------------------------------
+    def wants(self, record: object) -> bool:
+        """Every event; a metric point unless it would set a gauge to the value it holds.
+
+        The agent's run loop re-publishes the same few values ten times a second; declining
+        them here spares the pipeline's delivery and this sink's dispatch on the agent's
+        thread. Deciding on one read of the last value set is safe under concurrent
+        publishers: the point is skipped only at a moment when applying it would change
+        nothing, so it is as if it had been applied then. ``emit`` checks again under its lock.
+        """
+        if type(record) is not MetricPoint or not self._skip_repeats:
+            return True
+        ident = (record.group_name, record.name)
+        try:
+            key = self._gauge_keys[ident]
+        except KeyError:
+            key = self._gauge_keys[ident] = self._gauge_key(record)
+        if key is None:
+            return True
+        last = self._last_set.get(key)
+        if last is None:
+            return True
+        if key[0] == _GROUP_STATE:
+            # torch publishes 1 for the state entered and 0 for nothing: only a 1 for another
+            # state changes anything.
+            return bool(record.value) and self._targets[ident].labels[1] != last
+        try:
+            number = float(record.value)
+        except (TypeError, ValueError):
+            return True  # emit raises for it as Gauge.set would, and counts the error
+        # _is_repeat, inlined: this runs for nearly every point the agent publishes.
+        if number != last:
+            return True
+        return number == 0.0 and math.copysign(1.0, number) != math.copysign(1.0, last)
+
+    def _gauge_key(self, point: MetricPoint) -> tuple | None:
+        target = self._target(point)
+        series = _GAUGE_OF_KIND.get(target.kind)
+        if series is None:
+            return None
+        if target.kind is MetricKind.GENERIC:
+            return (series, (point.group_name, point.name))
+        if target.kind is MetricKind.GROUP_STATE:
+            return (series, target.labels[:1])
+        return (series, target.labels)
+
     # Every set of a gauge that a put_metric point can also set goes through here, events'
     # included, so the memory always holds what the child shows. Counters and histograms add
     # on every point and are never skipped.
 
     def _set_gauge(self, series: str, labels: tuple[str, ...], value: object) -> None:
-        child = self.metrics.child(series, *labels)
-        number = float(value)  # what Gauge.set stores; raises as it would, child created
         key = (series, labels)
+        try:
+            number = float(value)  # what Gauge.set stores
+        except (TypeError, ValueError):
+            number = None
         with self._set_lock:
-            if _is_repeat(self._last_set.get(key), number):
+            # A repeat is known to have a child already (it was set): skip before looking it up.
+            if number is not None and _is_repeat(self._last_set.get(key), number):
                 return
+            child = self.metrics.child(series, *labels)
+            if number is None:
+                number = float(value)  # raises as Gauge.set would, with the child created
             child.set(number)
             if self._skip_repeats:
                 self._last_set[key] = number
