@@ -23,7 +23,8 @@ from typing import Any, Mapping, Sequence
 
 from agent.api import RunResult, WorkerSpec
 from agent.cli.arguments import DEFAULT_RUNS_DIR, build_run_parser, is_off
-from agent.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobError, UsageError, first_line
+from agent.cli.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, JobError,
+                              UsageError, first_line)
 from agent.cli.messages import PROG, say, say_block
 from agent.cli.spec import plan_launch, resolve_nproc, settle_rendezvous
 from agent.cli.validate import check_run_args
@@ -298,6 +299,10 @@ def run_command(argv: Sequence[str]) -> int:
     except UsageError:
         status = EXIT_USAGE
         raise
+    except KeyboardInterrupt:  # Ctrl-C before the agent handles signals itself (rendezvous)
+        if not run.started:
+            raise  # nothing started: the command's "interrupted", as for any command
+        run.stopped_by, status = "SIGINT", EXIT_INTERRUPTED
     finally:
         run.finish(status)
     return status
