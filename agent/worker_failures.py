@@ -209,5 +209,9 @@ class FailureReporter:
         return self._board.settle(since=min(f.time for f in published))
 
     def attribution(self) -> dict[str, Any]:
-        """The root-cause fields for restart and run-end events (empty before any failure)."""
+        """The root-cause fields for restart and run-end events: the attempt's root cause, also
+        when none of this node's workers failed (they were stopped, or a peer's failure made
+        the group re-form) but another agent published one; empty when nobody failed."""
+        if self.root_cause is None and self._board is not None:
+            return attribution_fields(first_failure(self._board.read()))
         return attribution_fields(self.root_cause)

@@ -40,13 +40,23 @@ def timeline_text(events):
                           capture_output=True, text=True, timeout=60).stdout
 
 
+def restart_events(events):
+    lines = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    return [e["metadata"] for e in lines if e["name"] == "elastiscope.agent.restart"]
+
+
 def test_exit_without_error_file_reads_the_last_stderr_line(tmp_path):
-    proc, events = run_cli(tmp_path, "bad_config.py")
+    proc, events = run_cli(tmp_path, "bad_config.py", extra=("--max-restarts", "1"))
     assert proc.returncode != 0
-    (failed,) = failed_events(events)
-    assert failed["error_message"] == "rank 1: bad config, exiting 3"
+    failed = failed_events(events)
+    assert [f["error_message"] for f in failed] == ["rank 1: bad config, exiting 3"] * 2
+    assert all(f["root_cause"] is True and f["root_cause_rank"] == 1 for f in failed)
+    (restart,) = restart_events(events)
+    assert restart["root_cause_rank"] == 1 and restart["root_cause_error"] == "rank 1: bad config, exiting 3"
+    failed = failed[0]
     assert failed["stderr_tail"].endswith("loading config ...\nrank 1: bad config, exiting 3")
     assert "rank 1: bad config, exiting 3" in proc.stderr  # the console still gets it
+    assert "traceback : rank 1: bad config, exiting 3" in proc.stderr  # torch's end-of-run report
     assert "exit code 3: rank 1: bad config, exiting 3" in timeline_text(events)
 
 

@@ -29,9 +29,11 @@ def events_cli(*args):
 @pytest.fixture(scope="module")
 def failed_job(tmp_path_factory):
     base = tmp_path_factory.mktemp("root_cause")
+    # One attempt, and the node without rank 3 hosts the store, so that it outlives the other
+    # node's exit and its own workers die of their peers' deaths, not of a lost store.
     with Cluster(base, script=RAISE_ON_RANK, script_args=["3"], nnodes="2:2", nproc_per_node=2,
-                 max_restarts=1) as job:
-        job.start()
+                 max_restarts=0) as job:
+        job.start_host()
         job.start()
         codes = job.wait_all(180)
         assert codes == [1, 1], job.diagnostics()
@@ -39,7 +41,7 @@ def failed_job(tmp_path_factory):
 
 
 def test_both_agents_name_rank_3_as_the_root_cause_and_the_rest_as_collateral(failed_job):
-    seen = {}
+    ranks = set()
     for node in failed_job.nodes:
         failures = node.events("elastiscope.worker.failed")
         assert failures, node.diagnostics()
@@ -48,13 +50,10 @@ def test_both_agents_name_rank_3_as_the_root_cause_and_the_rest_as_collateral(fa
             assert md["root_cause_rank"] == 3, md
             assert md["root_cause_error"].endswith(ERROR), md
             assert md["root_cause"] is (md["global_rank"] == 3), md
-            seen.setdefault(md["agent_restarts"], set()).add(md["global_rank"])
-        restarts = node.events("elastiscope.agent.restart")
-        assert [r["metadata"]["root_cause_rank"] for r in restarts] == [3], node.diagnostics()
+            ranks.add(md["global_rank"])
         (end,) = node.events("elastiscope.agent.run_end")
         assert end["metadata"]["state"] == "FAILED" and end["metadata"]["root_cause_rank"] == 3
-    # Both attempts: rank 3 failed, and at least one other rank died of it.
-    assert all(3 in ranks and len(ranks) > 1 for ranks in seen.values()), seen
+    assert 3 in ranks and ranks & {0, 1}, ranks  # rank 3, and collateral on the other node
 
 
 def _first_failed_line(text):
@@ -67,7 +66,7 @@ def test_the_merged_timeline_shows_rank_3_first(failed_job):
     lines = text.splitlines()
     assert lines[0].startswith(f"job {failed_job.rdzv_id}: 2 node(s)"), text
     root_lines = [line for line in lines if line.startswith("  root cause: rank 3 (local 1)")]
-    assert len(root_lines) == 2 and all(ERROR in line for line in root_lines), text  # one per attempt
+    assert len(root_lines) == 1 and ERROR in root_lines[0], text
     assert lines.index(root_lines[0]) < lines.index(_first_failed_line(text))
     first = _first_failed_line(text)
     assert "rank 3 (local 1)" in first and ERROR in first and "[root cause]" in first, text
@@ -82,5 +81,5 @@ def test_a_folder_of_node_logs_reads_as_one_job(failed_job, tmp_path):
     assert "rank 3 (local 1)" in _first_failed_line(text)
     data = json.loads(events_cli(tmp_path, "--json"))
     (job,) = data["jobs"]
-    assert [f["global_rank"] for f in job["root_causes"]] == [3, 3]
+    assert [f["global_rank"] for f in job["root_causes"]] == [3]
     assert len(job["nodes"]) == 2
