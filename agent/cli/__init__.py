@@ -6,19 +6,21 @@ plus its own flags (each also read from an ``ELASTISCOPE_*`` variable)::
 
     --metrics-host HOST      where the HTTP endpoint listens (127.0.0.1)
     --metrics-port PORT|off  its port; 0 picks a free one, off disables the endpoint (0)
-    --metrics-linger SECS    keep the endpoint up this long after the job ends, or until the
-                             next /metrics scrape, so the final state gets scraped (5)
+    --metrics-linger SECS    if /metrics was scraped during the run, keep the endpoint up after
+                             the job until the next scrape, at most this long (5); else no wait
     --event-log PATH|off     JSON Lines event log (default: ./runs/<time>-<run id>.jsonl)
     --otlp-endpoint URL      OpenTelemetry traces and logs over OTLP/HTTP
     --pushgateway URL        push the final metrics to a Prometheus pushgateway
     --log-format FMT         auto | json | console
     --token TOKEN            bearer token the endpoint requires (all routes but the probes)
     --no-token-required      allow a non-loopback --metrics-host without a token
+    --no-progress            do not count each optimizer.step() as a training step
     --no-warm-standby        start every attempt's workers cold (no interpreters kept ready)
 
 Like ``torchrun``, a single-node job with no rendezvous endpoint runs on an embedded c10d store
 (``--standalone``); nothing needs to be started by hand. Exit status: 0 when every worker
-succeeded, 1 when the job failed (as ``torchrun``), 2 for bad input (one line on stderr).
+succeeded, 1 when the job failed or a signal stopped it (as ``torchrun``), 2 for bad input (one
+line on stderr, with a "did you mean" for a misspelt flag).
 
 Start-up is kept lean: argument checking imports neither torch nor the web stack. The endpoint's
 socket listens before rendezvous, but FastAPI and uvicorn load on its own thread only at the
