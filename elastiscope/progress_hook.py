@@ -15,6 +15,7 @@ no code of its own.
 import os
 import sys
 
+from elastiscope.progress_channel import channel
 from elastiscope.progress_layout import AUTO_STEPS_ENV, F_EXPLICIT_STEPS
 
 __all__ = ["install", "auto_steps_enabled", "on_optimizer_step", "STEP_KEY"]
@@ -40,8 +41,6 @@ def install() -> None:
 
 def on_optimizer_step(optimizer, args, kwargs) -> None:
     """torch's optimizer step post hook: one step ended."""
-    from elastiscope.progress_channel import channel  # loaded once, at the first step
-
     writer = channel.writer()
     if writer is None or writer.flags & F_EXPLICIT_STEPS:
         return

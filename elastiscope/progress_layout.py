@@ -19,6 +19,7 @@ import mmap
 import os
 import time
 from bisect import bisect_left
+from time import perf_counter as _perf_counter
 
 # Environment of a worker: where its record is, and the opt-out of counting optimizer steps.
 CHANNEL_ENV = "ELASTISCOPE_PROGRESS_FILE"
@@ -69,6 +70,8 @@ class ProgressWriter:
         self._global_base = -1  # the global step last set (or counted), and the steps then
         self._steps_at_base = 0
         self._last_perf = 0.0
+        # Wall-clock time from the monotonic clock: one clock read per step, not two.
+        self._epoch_offset = time.time() - time.perf_counter()
         self._scalar_names: list[str] = []
         self._begin()
         self._u[S_PID] = os.getpid()
@@ -87,13 +90,16 @@ class ProgressWriter:
     def step(self, global_step: int | None = None) -> None:
         """One step ended now; ``global_step`` is the step counted elsewhere (None: counted
         from the last one set)."""
-        now, perf = time.time(), time.perf_counter()
+        perf = _perf_counter()
+        now = perf + self._epoch_offset
         steps = self.steps = self.steps + 1
         seq = self._seq + 1
         u, d = self._u, self._d
         u[S_SEQ] = seq
         u[S_STEPS] = steps
         d[S_LAST_END] = now
+        if steps & 1023 == 0:  # follow the wall clock if it is adjusted (NTP)
+            self._epoch_offset = time.time() - perf
         if steps == 1:
             d[S_FIRST_END] = now
         else:

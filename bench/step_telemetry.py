@@ -1,0 +1,145 @@
+"""What counting steps costs a training loop: the optimizer hook per step, and a real job's rate.
+
+    python bench/step_telemetry.py [--blocks 20] [--block-steps 2000] [--rounds 3] [--steps 300] [--json]
+
+a. Per optimizer step, in one process: a small model's ``optimizer.step()`` timed call by call,
+   with Elastiscope's step hook registered (writing a real progress record) and without it, in
+   alternating blocks (so drift in machine load falls on both sides alike). p50 and p99 of each,
+   and the p50 added. The hook's own call is also timed alone. Goal: <= 2 us added at p50.
+b. examples/train_ddp.py on 2 workers under ``elastiscope run`` (hook on) and ``torchrun``,
+   alternating launchers; the rate is the script's own (steps over its training loop's seconds).
+   Medians with min-max; goal: within noise of torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+P50_GOAL_US = 2.0
+DONE = re.compile(r"done: (\d+) steps, .*?([\d.]+)s")
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def per_step_cost(blocks: int, block_steps: int) -> dict:
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from elastiscope import progress_hook, progress_layout
+    from elastiscope.progress_channel import channel
+
+    directory = tempfile.mkdtemp(prefix="step-telemetry-")
+    record = os.path.join(directory, "record")
+    progress_layout.create_record(record)
+    os.environ[progress_layout.CHANNEL_ENV] = record
+    torch.set_num_threads(1)
+    model = torch.nn.Linear(16, 16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    model(torch.ones(4, 16)).sum().backward()  # gradients to step with, once
+    times = {"on": [], "off": []}
+    clock = time.perf_counter_ns
+    for block in range(2 * blocks):
+        mode = "on" if block % 2 == 0 else "off"
+        handle = (register_optimizer_step_post_hook(progress_hook.on_optimizer_step)
+                  if mode == "on" else None)
+        out = times[mode]
+        for _ in range(block_steps):
+            t0 = clock()
+            optimizer.step()
+            out.append(clock() - t0)
+        if handle is not None:
+            handle.remove()
+    hook_alone = []
+    for _ in range(blocks * block_steps):
+        t0 = clock()
+        progress_hook.on_optimizer_step(optimizer, (), {})
+        hook_alone.append(clock() - t0)
+    empty = []
+    for _ in range(blocks * block_steps):
+        t0 = clock()
+        empty.append(clock() - t0)
+    steps_recorded = progress_layout.ProgressReader(record).read().steps
+    shutil.rmtree(directory, ignore_errors=True)
+    assert channel.writer() is not None
+    us = lambda ns: ns / 1000.0  # noqa: E731
+    result = {mode: {"p50_us": us(_quantile(v, 0.5)), "p99_us": us(_quantile(v, 0.99)), "n": len(v)}
+              for mode, v in times.items()}
+    result["added_p50_us"] = result["on"]["p50_us"] - result["off"]["p50_us"]
+    result["added_p99_us"] = result["on"]["p99_us"] - result["off"]["p99_us"]
+    result["hook_alone"] = {"p50_us": us(_quantile(hook_alone, 0.5) - _quantile(empty, 0.5)),
+                            "p99_us": us(_quantile(hook_alone, 0.99) - _quantile(empty, 0.5))}
+    result["steps_recorded"] = steps_recorded
+    return result
+
+
+def _launch(launcher: str, steps: int, cwd: str) -> float:
+    script = os.path.join(REPO, "examples", "train_ddp.py")
+    script_args = [script, "--steps", str(steps), "--checkpoint-dir", "", "--log-every", str(steps)]
+    if launcher == "elastiscope":
+        cmd = [sys.executable, "-m", "agent", "run", "--nproc-per-node", "2", "--metrics-port", "off",
+               "--event-log", "off", *script_args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *script_args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    m = DONE.search(done.stdout + done.stderr)
+    if done.returncode != 0 or not m:
+        raise RuntimeError(f"{launcher} run failed (exit {done.returncode}): {done.stderr[-500:]}")
+    return int(m.group(1)) / float(m.group(2))
+
+
+def step_rates(rounds: int, steps: int) -> dict:
+    rates: dict[str, list[float]] = {"elastiscope": [], "torchrun": []}
+    with tempfile.TemporaryDirectory() as cwd:
+        for i in range(rounds):
+            order = ("elastiscope", "torchrun") if i % 2 == 0 else ("torchrun", "elastiscope")
+            for launcher in order:
+                rates[launcher].append(_launch(launcher, steps, cwd))
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
+            for k, v in rates.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--blocks", type=int, default=20, help="blocks per side (a)")
+    p.add_argument("--block-steps", type=int, default=2000, help="optimizer steps per block (a)")
+    p.add_argument("--rounds", type=int, default=3, help="runs per launcher (b); 0 skips (b)")
+    p.add_argument("--steps", type=int, default=300, help="steps of each example run (b)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    result = {"per_step": per_step_cost(args.blocks, args.block_steps), "load_average": os.getloadavg()}
+    if args.rounds > 0:
+        result["step_rate"] = step_rates(args.rounds, args.steps)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        a = result["per_step"]
+        print(f"optimizer.step() hook on : p50 {a['on']['p50_us']:.2f} us, p99 {a['on']['p99_us']:.2f} us ({a['on']['n']} steps)")
+        print(f"optimizer.step() hook off: p50 {a['off']['p50_us']:.2f} us, p99 {a['off']['p99_us']:.2f} us")
+        print(f"added: p50 {a['added_p50_us']:.2f} us, p99 {a['added_p99_us']:.2f} us "
+              f"(goal p50 <= {P50_GOAL_US} us); the hook alone: p50 {a['hook_alone']['p50_us']:.2f} us, "
+              f"p99 {a['hook_alone']['p99_us']:.2f} us")
+        for launcher, r in result.get("step_rate", {}).items():
+            print(f"train_ddp.py x2 under {launcher}: median {r['median']:.1f} steps/s "
+                  f"(min {r['min']:.1f}, max {r['max']:.1f}, {len(r['runs'])} runs)")
+        print(f"load average {result['load_average'][0]:.2f}")
+    return 0 if result["per_step"]["added_p50_us"] <= P50_GOAL_US else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
