@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -244,7 +245,10 @@ _SLOW_EXIT_SCRIPT = textwrap.dedent("""
 def _run_exit_script(tmp_path, ending: str) -> tuple[int, list[str]]:
     out = tmp_path / "delivered.txt"
     script = _SLOW_EXIT_SCRIPT.format(repo=REPO, ending=ending)
-    proc = subprocess.run([sys.executable, "-c", script, str(out)], timeout=60, capture_output=True)
+    # SIGINT as a process started from a terminal has it: a shell's background job (a CI runner,
+    # a nohup) inherits it ignored, and Python then installs no KeyboardInterrupt handler.
+    proc = subprocess.run([sys.executable, "-c", script, str(out)], timeout=60, capture_output=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = out.read_text().split() if out.exists() else []
     return proc.returncode, lines
 
