@@ -187,8 +187,11 @@ def test_final_succeeded_state_is_scraped_before_the_agent_exits(stack, crash_on
 def test_run_exports_every_series_the_catalogue_promises_for_it(stack, crash_once):
     catalogue = pytest.importorskip("telemetry.prometheus.catalogue")
     exported = stack.prometheus.series_names()
-    # A local-agent run with a worker failure and a restart meets every condition but none.
-    expected = {s.name + ("_bucket" if s.type == "histogram" else "") for s in catalogue.CATALOGUE}
+    # A local-agent run with a worker failure and a restart meets every condition but one: the
+    # example reports no checkpoints or named values through elastiscope.progress (it has no
+    # Elastiscope calls; examples/train_explicit.py does).
+    expected = {s.name + ("_bucket" if s.type == "histogram" else "") for s in catalogue.CATALOGUE
+                if "elastiscope.progress" not in (s.when or "")}
     assert expected - exported == set()
 
 

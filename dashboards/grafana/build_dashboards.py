@@ -252,6 +252,38 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                              "{{instance}} {{role}} rank {{local_rank}}")), unit="bytes"), 12, 8),
     ])
 
+    rank = "{{instance}} {{role}} rank {{local_rank}}"
+    progress = (row("Training progress"), [
+        (timeseries("Step rate", "Optimizer steps per second: each node's mean over its reporting "
+                    "workers, and each rank's own rate.",
+                    targets((f"sum by (instance, role) (elastiscope_node_steps_per_second{{{AGENT}}})",
+                             "{{instance}} {{role}} node"),
+                            (f"sum by (instance, role, local_rank) "
+                             f"(rate(elastiscope_worker_steps_total{{{AGENT}}}[$__rate_interval]))", rank))), 12, 8),
+        (timeseries("Step time per rank", "p50/p90/p99 of each rank's optimizer step period.",
+                    quantiles("elastiscope_worker_step_duration_seconds", "instance, role, local_rank"),
+                    unit="s"), 12, 8),
+        (timeseries("Global step and checkpoints", "Each rank's global step (it continues from a "
+                    "checkpoint after a restart), and the step of the last checkpoint a script "
+                    "reported saved or loaded.",
+                    targets((f"max by (instance, role, local_rank) (elastiscope_worker_global_step{{{AGENT}}})", rank),
+                            (f"max by (instance, role, local_rank, kind) "
+                             f"(elastiscope_worker_checkpoint_step{{{AGENT}}})", rank + " {{kind}} checkpoint"))), 12, 8),
+        (timeseries("Since the last step", "Seconds since each reporting rank last finished an "
+                    "optimizer step; a rank that stops progressing climbs here.",
+                    targets((f"time() - max by (instance, role, local_rank) "
+                             f"(elastiscope_worker_last_step_timestamp_seconds{{{AGENT}}})", rank)),
+                    unit="s"), 12, 8),
+        (panel("table", "Progress per rank", "Whether each worker reports progress (0: not "
+               "reporting, e.g. a script without a torch optimizer), its global step, and the named "
+               "values it reported (loss, samples per second, ...).",
+               [{**table_target(f"max by (instance, role, local_rank) "
+                                f"(elastiscope_worker_reporting_progress{{{AGENT}}})"), "refId": "A"},
+                {**table_target(f"max by (instance, role, local_rank, name) "
+                                f"(elastiscope_worker_progress_scalar{{{AGENT}}})"), "refId": "B"}],
+               options={"showHeader": True, "cellHeight": "sm"}), 24, 8),
+    ])
+
     telemetry = (row("Telemetry health"), [
         (timeseries("Dropped records", "Records a sink never received (queue full, or exit came first), per second.",
                     targets((f"sum by (instance, sink) "
@@ -274,7 +306,7 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                              f"(last_over_time(elastiscope_torchelastic_metric{{{TELEMETRY}}}[$__range]))")],
                options={"showHeader": True, "cellHeight": "sm"}), 8, 8),
     ])
-    return [job, failures, durations, workers, telemetry]
+    return [job, failures, durations, workers, progress, telemetry]
 
 
 def layout(rows: list[tuple[dict, list[tuple[dict, int, int]]]]) -> list[dict]:
