@@ -215,13 +215,13 @@ class WorkerState(str, Enum):
     UNKNOWN means an action failed half-way; the agent does not try to recover from it.
     """
 
-    UNKNOWN = "UNKNOWN"
-    INIT = "INIT"
-    HEALTHY = "HEALTHY"
-    UNHEALTHY = "UNHEALTHY"
-    STOPPED = "STOPPED"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
+    UNKNOWN = names.UNKNOWN
+    INIT = names.INIT
+    HEALTHY = names.HEALTHY
+    UNHEALTHY = names.UNHEALTHY
+    STOPPED = names.STOPPED
+    SUCCEEDED = names.SUCCEEDED
+    FAILED = names.FAILED
 
     @staticmethod
     def is_running(state: "WorkerState") -> bool:

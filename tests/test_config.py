@@ -6,34 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 
 import telemetry
 from telemetry import ConfigError, Event, EventSource, get_pipeline, state
 from telemetry.config import render_metrics, resolve_settings
-from telemetry.pipeline import Sink
+from helpers.sinks import GatedSink, event
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def event(i: int = 0) -> Event:
-    return Event("test.event", EventSource.AGENT, 1, {"i": i})
-
-
-class GatedSink(Sink):
-    """Blocks in emit until the gate opens; remembers what it got."""
-
-    name = "gated"
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.received: list = []
-
-    def emit(self, record) -> None:
-        self.gate.wait(10)
-        self.received.append(record)
 
 
 def test_configure_installs_memory_prometheus_and_event_log(tmp_path):

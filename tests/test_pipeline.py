@@ -19,28 +19,9 @@ from telemetry import Event, EventSource, MetricPoint, get_pipeline
 from telemetry.config import render_metrics
 from telemetry.pipeline import Pipeline, Sink
 from telemetry_jobs import run_job
+from helpers.sinks import GatedSink, event
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def event(i: int = 0) -> Event:
-    return Event("test.event", EventSource.AGENT, 1, {"i": i})
-
-
-class GatedSink(Sink):
-    """Blocks in emit until the gate opens; remembers what it got."""
-
-    name = "gated"
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-        self.received: list = []
-
-    def emit(self, record) -> None:
-        self.entered.set()
-        self.gate.wait(10)
-        self.received.append(record)
 
 
 class RaisingSink(Sink):
