@@ -424,9 +424,10 @@ class Cluster:
         return node
 
     def start_host(
-        self, name: str | None = None, timeout: float = 30.0, env: dict[str, str] | None = None
+        self, name: str | None = None, timeout: float = 120.0, env: dict[str, str] | None = None
     ) -> Node:
-        """Start a node and wait until it hosts the rendezvous store.
+        """Start a node and wait until it hosts the rendezvous store (a generous deadline: the
+        agent imports torch first, which takes many seconds on an overloaded machine).
 
         Nodes that start later connect to it; knowing which node hosts the store matters
         because that node leaving takes the rendezvous down with it (torch's c10d backend

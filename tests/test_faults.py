@@ -386,15 +386,16 @@ def test_unreachable_rendezvous_endpoint_fails_with_one_clear_line_in_time(tmp_p
     started, no Python traceback, and one last line that names the endpoint and says why
     (torch's own message only points at an "inner exception" nobody sees)."""
     read_timeout = 1
+    join_timeout = 120
     port = free_port()
     job = Cluster(
         tmp_path, script=fault("sleeper.py"), script_args=["--out", str(tmp_path / "out")],
         nnodes="1:2", max_restarts=0, rdzv_endpoint=f"127.0.0.1:{port}",
-        rdzv={"is_host": "false", "read_timeout": read_timeout, "join_timeout": 10},
+        rdzv={"is_host": "false", "read_timeout": read_timeout, "join_timeout": join_timeout},
     )
     with job:
         node = job.start()
-        assert node.wait(STARTUP + 4 * read_timeout) == 1, node.diagnostics()
+        assert node.wait(join_timeout) == 1, node.diagnostics()
     elapsed = node.ended - node.started
 
     last = node.stderr().strip().splitlines()[-1]
@@ -402,5 +403,7 @@ def test_unreachable_rendezvous_endpoint_fails_with_one_clear_line_in_time(tmp_p
     assert "timed out" in last, last
     assert "Traceback (most recent call last)" not in node.stderr()
     assert not (tmp_path / "out").exists()
-    # Start-up (torch import) plus torch's two connection attempts and the pause between them.
-    assert elapsed < 8 + 3 * read_timeout, elapsed
+    # It gave up on the read timeout, not on the join timeout: start-up (the torch import, many
+    # seconds on a busy machine) plus two connection attempts stay far below the join timeout.
+    # How fast that is on a quiet machine is a benchmark's question, not this test's.
+    assert elapsed < join_timeout / 2, elapsed

@@ -246,7 +246,7 @@ def test_nodes_finishing_at_different_times_all_exit_zero(tmp_path):
         job.start()
         job.start()
         wait_for_world(job.nodes, 2, timeout=60)
-        statuses = [wait_until(n.status, 10, f"/status of {n.name}") for n in job.nodes]
+        statuses = [wait_until(n.status, 60, f"/status of {n.name}") for n in job.nodes]
         codes = job.wait_all(60)
 
     assert codes == [0, 0], job.diagnostics()

@@ -46,13 +46,16 @@ class WatchedRun:
             if m and self.base is None:
                 self.base = m.group(1)
 
-    def watch(self, timeout=200):
+    def watch(self, timeout=200, on_status=None):
+        """Scrape until the run ends; ``on_status`` (optional) is called with every /status."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.base:
                 try:
                     self.metrics = urllib.request.urlopen(self.base + "/metrics", timeout=5).read().decode()
                     self.statuses.append(json.loads(urllib.request.urlopen(self.base + "/status", timeout=5).read()))
+                    if on_status is not None:
+                        on_status(self.statuses[-1])
                 except OSError:
                     if self.proc.poll() is not None:
                         break
@@ -111,9 +114,22 @@ def test_the_global_step_is_right_after_a_crash_and_resume(tmp_path):
 
 
 def test_a_worker_that_never_steps_shows_as_not_reporting(tmp_path):
+    # The workers sleep until this test has seen them running on /status (on a busy machine
+    # the endpoint can come up after a fixed sleep is over, and then nothing was scraped).
+    go = tmp_path / "go"
     script = tmp_path / "sleeper.py"
-    script.write_text("import sys, time\ntime.sleep(2)\nprint('torch' in sys.modules)\n")
-    run = WatchedRun(["--nproc-per-node", "2", "--tee", "3", str(script)], cwd=tmp_path).watch()
+    script.write_text("import os, sys, time\n"
+                      "deadline = time.monotonic() + 120\n"
+                      f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+                      "    time.sleep(0.05)\n"
+                      "print('torch' in sys.modules)\n")
+
+    def release_when_running(status):
+        if sum(1 for w in status["workers"] if w.get("pid")) == 2:
+            go.touch()
+
+    run = WatchedRun(["--nproc-per-node", "2", "--tee", "3", str(script)], cwd=tmp_path).watch(
+        on_status=release_when_running)
     assert run.proc.returncode == 0, "".join(run.err[-30:])
     assert run.per_rank("elastiscope_worker_reporting_progress") == {"0": 0, "1": 0}
     assert run.per_rank("elastiscope_worker_steps_total") == {}
