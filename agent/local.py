@@ -48,7 +48,7 @@ from agent.processes import (
 from agent.progress import SITE_DIR, ProgressChannels, ProgressMetrics
 from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
 from agent.worker_env import progress_env, substitute_local_rank, worker_env
-from agent.worker_failures import FailureReporter
+from agent.worker_failures import FailureReporter, failed_at
 from agent.worker_logs import log_tee_for
 from agent.worker_status import group_status
 from telemetry import names
@@ -303,8 +303,7 @@ class LocalElasticAgent(SimpleElasticAgent):
                 agent_restarts=worker_group.spec.max_restarts - self._remaining_restarts,
             )
             if newly_failed:
-                self._goodput.interrupted(
-                    min(p.exited_at or time.time() for p in newly_failed), names.RESTART_FAILURE)
+                self._goodput.interrupted(min(map(failed_at, newly_failed)), names.RESTART_FAILURE)
                 summary = ", ".join(f"local_rank {p.local_rank} exitcode {p.exit_code}" for p in newly_failed)
                 logger.error("[%s] worker(s) failed: %s; stopping the others", role, summary)
                 self._stop_processes(signal.SIGTERM, self._shutdown_timeout)
