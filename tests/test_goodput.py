@@ -90,3 +90,50 @@ def test_a_run_that_never_reports_claims_no_goodput():
     assert fields["wall_seconds"] == 9
     assert view.summary() == {"goodput_ratio": None, "progress_reported": False}
     assert [kind for kind, _ in published] == [names.ATTEMPT_GOODPUT]
+
+
+def test_the_totals_land_on_the_goodput_series_from_zero():
+    from telemetry.records import Event, EventSource, MetricPoint
+    from telemetry.sinks.prometheus import PrometheusSink
+
+    sink = PrometheusSink()
+    registry = sink.registry
+    sink.emit(Event(names.RUN_START, EventSource.AGENT, metadata={"role": "r", "max_restarts": 1}))
+    for reason in names.BADPUT_REASONS:  # at 0 from the run's start, so increase() sees the first
+        assert registry.get_sample_value("elastiscope_badput_seconds_total", {"role": "r", "reason": reason}) == 0
+    assert registry.get_sample_value("elastiscope_productive_seconds_total", {"role": "r"}) == 0
+    assert registry.get_sample_value("elastiscope_goodput_ratio", {"role": "r"}) is None
+    for name, value in (("workers.r.goodput.productive_seconds", 6.0),
+                        ("workers.r.goodput.badput_seconds.restart", 2.5),
+                        ("workers.r.goodput.ratio", 0.6)):
+        sink.emit(MetricPoint(0.0, "torchelastic", name, value))
+    assert registry.get_sample_value("elastiscope_productive_seconds_total", {"role": "r"}) == 6
+    assert registry.get_sample_value("elastiscope_badput_seconds_total", {"role": "r", "reason": "restart"}) == 2.5
+    assert registry.get_sample_value("elastiscope_goodput_ratio", {"role": "r"}) == 0.6
+
+
+def test_the_view_publishes_totals_once_a_step_is_reported(monkeypatch):
+    points = {}
+    monkeypatch.setattr("agent.goodput.put_metric", lambda name, value: points.__setitem__(name, value))
+    published = []
+    now = [T0]
+    view = GoodputView("r", lambda kind, **md: published.append((kind, md)), clock=lambda: now[0])
+    view.run_started()
+    now[0] = T0 + 1
+    view.attempt_started([0])
+    view.polled(T0 + 2)
+    assert points == {}  # nothing reported yet: nothing claimed
+
+    class Snap:  # the fields of a ProgressSnapshot the view reads
+        steps, first_end, last_end, global_step = 3, T0 + 3, T0 + 4, 3
+
+    view.observe(0, None, Snap(), T0 + 5)
+    view.polled(T0 + 5)
+    assert points["workers.r.goodput.productive_seconds"] == pytest.approx(1)
+    assert points["workers.r.goodput.badput_seconds.startup"] == pytest.approx(2)
+    assert points["workers.r.goodput.ratio"] == pytest.approx(1 / 4)
+    (kind, md), = published
+    assert kind == names.FIRST_STEP and md["attempt"] == 0 and md["launch_to_first_step_s"] == 2
+    now[0] = T0 + 6
+    fields = view.run_ended()
+    assert fields["badput_shutdown_seconds"] == pytest.approx(2) and fields["wall_seconds"] == 6
