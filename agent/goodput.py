@@ -16,6 +16,8 @@ the agent knows (its start and end, a failure, a membership restart). It feeds t
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from typing import Any, Callable
 
@@ -26,8 +28,25 @@ from telemetry.events import put_metric
 
 __all__ = ["GoodputView", "goodput_fields", "Publish"]
 
+logger = logging.getLogger(__name__)
+
 # publish(kind, **metadata): an agent event of ``kind`` (the agent adds who is speaking).
 Publish = Callable[..., None]
+
+
+def _never_raises(default: Any = None) -> Callable:
+    """The agent's run loop calls these: a bug in the accounting must not stop the job."""
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception:
+                logger.warning("goodput accounting failed in %s; the job goes on", method.__name__,
+                               exc_info=True)
+                return default
+        return guarded
+    return wrap
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -65,16 +84,19 @@ class GoodputView:
 
     # ---- the run's moments (agent/local.py) -----------------------------------------------
 
+    @_never_raises()
     def run_started(self) -> None:
         self._ledger = GoodputLedger(self._clock())
         self._snapshots, self._published, self._told = {}, {}, set()
 
+    @_never_raises()
     def interrupted(self, at: float, reason: str) -> None:
         """The current attempt failed (``at``: its first worker's exit) or is stopped to
         re-form the group (``reason``: a restart reason of telemetry.names)."""
         if self._ledger is not None:
             self._ledger.interrupted(at, reason)
 
+    @_never_raises({})
     def run_ended(self) -> dict[str, Any]:
         """Account the rest of the run; the run_end event's goodput fields (empty without a run)."""
         ledger = self._ledger
@@ -86,6 +108,7 @@ class GoodputView:
         self._publish_totals()
         return goodput_fields(ledger.totals, ledger.reported)
 
+    @_never_raises()
     def summary(self) -> dict[str, Any] | None:
         """The ratio and whether progress was reported, for the CLI's last line (None: no run)."""
         ledger = self._ledger
@@ -95,6 +118,7 @@ class GoodputView:
 
     # ---- ProgressObserver ----------------------------------------------------------------
 
+    @_never_raises()
     def attempt_started(self, local_ranks: list[int]) -> None:
         if self._ledger is None:
             return
@@ -104,14 +128,17 @@ class GoodputView:
         if previous is not None:  # closed just now if attempt_ended did not (told once)
             self._tell_attempt(previous)
 
+    @_never_raises()
     def observe(self, local_rank: int, previous: ProgressSnapshot | None,
                 current: ProgressSnapshot, now: float) -> None:
         self._snapshots[local_rank] = current
 
+    @_never_raises()
     def polled(self, now: float) -> None:
         self._advance(now)
         self._publish_totals()
 
+    @_never_raises()
     def attempt_ended(self, last: dict[int, ProgressSnapshot | None]) -> None:
         if self._ledger is None:
             return

@@ -137,3 +137,14 @@ def test_the_view_publishes_totals_once_a_step_is_reported(monkeypatch):
     now[0] = T0 + 6
     fields = view.run_ended()
     assert fields["badput_shutdown_seconds"] == pytest.approx(2) and fields["wall_seconds"] == 6
+
+
+def test_a_bug_in_the_accounting_never_reaches_the_agents_run_loop():
+    def broken_clock():
+        raise RuntimeError("boom")
+
+    view = GoodputView("r", lambda kind, **md: None, clock=broken_clock)
+    view.run_started()  # logged, not raised
+    view.attempt_started([0])
+    view.polled(T0)
+    assert view.run_ended() == {}
