@@ -26,7 +26,6 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, LogsSpecs
 
 from agent import rendezvous, run_events
-from agent.goodput import GoodputView
 from agent.api import (
     DEFAULT_ROLE,
     RunResult,
@@ -45,6 +44,7 @@ from agent.processes import (
     read_usage,
     shared_invocation,
 )
+from agent.goodput import GoodputView
 from agent.progress import SITE_DIR, ProgressChannels, ProgressMetrics
 from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
 from agent.worker_env import progress_env, substitute_local_rank, worker_env

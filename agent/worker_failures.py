@@ -73,7 +73,9 @@ def failed_at(proc: WorkerProcess) -> float:
         written = os.stat(proc.launch.error_file).st_mtime if proc.launch.error_file else None
     except OSError:
         written = None
-    return min(written, exited) if written is not None else exited
+    if written is None or written < proc.started_at:  # none, or left by someone before it
+        return exited
+    return min(written, exited)
 
 
 def log_paths(launch: WorkerLaunch) -> dict[str, str | None]:
