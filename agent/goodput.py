@@ -96,6 +96,15 @@ class GoodputView:
         if self._ledger is not None:
             self._ledger.interrupted(at, reason)
 
+    @_never_raises()
+    def stalled(self, since: float, until: float) -> None:
+        """The hang detection's hook (value 0 until it calls): the workers made no progress
+        from ``since`` to ``until`` (epoch seconds); that time counts as ``stall`` badput. A
+        restart it decides goes through ``interrupted(at, reason)``; a reason without a bucket
+        of its own (``"stall"``) counts its interruption -> first step as ``restart``."""
+        if self._ledger is not None:
+            self._ledger.stalled(since, until)
+
     @_never_raises({})
     def run_ended(self) -> dict[str, Any]:
         """Account the rest of the run; the run_end event's goodput fields (empty without a run)."""

@@ -73,8 +73,14 @@ def test_stalls_reported_by_the_hang_detection_are_not_productive():
     ledger.progress(T0 + 1, T0 + 1, T0 + 1, 1)
     ledger.stalled(T0 + 2, T0 + 7)
     ledger.progress(T0 + 9, T0 + 1, T0 + 9, 3)
-    ledger.finish(T0 + 9)
-    assert ledger.totals[names.BADPUT_STALL] == pytest.approx(5)
+    ledger.stalled(T0 + 9.5, T0 + 11)  # then the hang detection restarts the group
+    ledger.interrupted(T0 + 11, "stall")
+    ledger.attempt_started(T0 + 12)
+    ledger.progress(T0 + 14, T0 + 13, T0 + 13, 1)
+    ledger.finish(T0 + 14)
+    assert ledger.totals[names.BADPUT_STALL] == pytest.approx(5 + 1.5)
+    assert ledger.totals[names.BADPUT_LOST_PROGRESS] == pytest.approx(0.5)
+    assert ledger.totals[names.BADPUT_RESTART] == pytest.approx(2)  # stall restart -> first step
     assert ledger.totals[PRODUCTIVE] == pytest.approx(3)
 
 
