@@ -582,7 +582,7 @@ class SimpleElasticAgent(ElasticAgent):
             self._total_execution_time = int(time.monotonic() - started)
             run_events.run_end(
                 self._worker_group, outcome, self._total_execution_time, self._remaining_restarts,
-                attribution=self._failure_attribution(),
+                attribution=self._failure_attribution(), summary=self._run_end_summary(),
             )
 
     def get_event_failed(self) -> Event:
@@ -661,6 +661,11 @@ class SimpleElasticAgent(ElasticAgent):
     def _failure_attribution(self) -> dict[str, Any]:
         """The job's root cause for restart and run-end events; torch's agent knows none.
         Subclasses that attribute failures across agents override this."""
+        return {}
+
+    def _run_end_summary(self) -> dict[str, Any]:
+        """More fields for the run-end event, asked for once the run is over (the local agent's
+        goodput); torch's agent has none."""
         return {}
 
     def _wait_for_change(self, interval: float) -> None:

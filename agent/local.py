@@ -44,12 +44,14 @@ from agent.processes import (
     read_usage,
     shared_invocation,
 )
+from agent.goodput import GoodputView
 from agent.progress import SITE_DIR, ProgressChannels, ProgressMetrics
 from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
 from agent.worker_env import progress_env, substitute_local_rank, worker_env
-from agent.worker_failures import FailureReporter
+from agent.worker_failures import FailureReporter, failed_at
 from agent.worker_logs import log_tee_for
 from agent.worker_status import group_status
+from telemetry import names
 from telemetry.events import put_metric
 
 __all__ = ["LocalElasticAgent", "DEFAULT_SIGNALS_TO_HANDLE"]
@@ -119,12 +121,15 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._looked_for_exits = False
         self._status_lock = threading.Lock()
         # Each worker's progress record (agent/progress.py), read from the monitor loop.
-        self._progress = ProgressChannels([ProgressMetrics(spec.role)])
+        # Goodput: the run's wall time split by reason, from progress and the run's moments.
+        self._goodput = GoodputView(spec.role, self._publish_agent_event)
+        self._progress = ProgressChannels([ProgressMetrics(spec.role), self._goodput])
         self._progress_site = SITE_DIR if count_optimizer_steps else None
 
     # ---- the run -----------------------------------------------------------------------
 
     def run(self, role: str = DEFAULT_ROLE) -> RunResult:
+        self._goodput.run_started()
         with signals_raise_in_run_loop():
             if isinstance(self._worker_group.spec.entrypoint, str):
                 # Boots while the first rendezvous runs instead of after it. A failure here
@@ -298,6 +303,7 @@ class LocalElasticAgent(SimpleElasticAgent):
                 agent_restarts=worker_group.spec.max_restarts - self._remaining_restarts,
             )
             if newly_failed:
+                self._goodput.interrupted(min(map(failed_at, newly_failed)), names.RESTART_FAILURE)
                 summary = ", ".join(f"local_rank {p.local_rank} exitcode {p.exit_code}" for p in newly_failed)
                 logger.error("[%s] worker(s) failed: %s; stopping the others", role, summary)
                 self._stop_processes(signal.SIGTERM, self._shutdown_timeout)
@@ -332,6 +338,23 @@ class LocalElasticAgent(SimpleElasticAgent):
     @prof
     def _stop_workers(self, worker_group: WorkerGroup) -> None:
         self._stop_processes(signal.SIGTERM, self._shutdown_timeout)
+        self._progress.end_attempt()  # the workers are gone: their records are final
+
+    def _restart_workers(self, worker_group: WorkerGroup) -> None:
+        # A failure was noted when it was seen; a healthy group restarts to let nodes in.
+        if worker_group.state == WorkerState.HEALTHY:
+            self._goodput.interrupted(time.time(), names.RESTART_MEMBERSHIP)
+        super()._restart_workers(worker_group)
+
+    def _run_end_summary(self) -> dict[str, Any]:
+        return self._goodput.run_ended()
+
+    def goodput_summary(self) -> dict[str, Any] | None:
+        """The run's goodput ratio and whether any worker reported progress (None before a run)."""
+        return self._goodput.summary()
+
+    def _publish_agent_event(self, kind: str, **metadata: Any) -> None:
+        run_events.emit_agent_event(self._worker_group, kind, **metadata)
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: float | None = None) -> None:
         grace = self._shutdown_timeout if timeout is None else timeout

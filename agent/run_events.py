@@ -97,10 +97,11 @@ def run_start(group: WorkerGroup) -> None:
 
 def run_end(
     group: WorkerGroup, outcome: str, total_run_time: int, remaining_restarts: int,
-    attribution: Mapping[str, Any] | None = None,
+    attribution: Mapping[str, Any] | None = None, summary: Mapping[str, Any] | None = None,
 ) -> None:
     """``outcome``: the final WorkerState's value, or one of the OUTCOME_* of this module;
-    ``attribution``: the job's root cause, when a failure named one (``root_cause_*`` fields)."""
+    ``attribution``: the job's root cause, when a failure named one (``root_cause_*`` fields);
+    ``summary``: more fields the agent adds (the local agent's goodput)."""
     emit_agent_event(
         group,
         names.RUN_END,
@@ -109,6 +110,7 @@ def run_end(
         agent_restarts=group.spec.max_restarts - remaining_restarts,
         remaining_restarts=remaining_restarts,
         **(attribution or {}),
+        **(summary or {}),
     )
 
 

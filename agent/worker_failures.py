@@ -28,7 +28,7 @@ from telemetry import names
 from telemetry.events import emit
 from telemetry.records import Event, EventSource
 
-__all__ = ["process_failure", "failure_reason", "emit_worker_failed", "FailureReporter"]
+__all__ = ["process_failure", "failure_reason", "emit_worker_failed", "failed_at", "FailureReporter"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,20 @@ def process_failure(proc: WorkerProcess, stderr_tail: str = "", oom: bool = Fals
             failure.message = reason
     proc.failure = failure
     return failure
+
+
+def failed_at(proc: WorkerProcess) -> float:
+    """When a failed worker failed, as closely as the agent can tell: its error file's time
+    when it wrote one (torch's ``@record`` writes it as the exception leaves the script, before
+    the interpreter's slow exit), else its exit."""
+    exited = proc.exited_at or time.time()
+    try:
+        written = os.stat(proc.launch.error_file).st_mtime if proc.launch.error_file else None
+    except OSError:
+        written = None
+    if written is None or written < proc.started_at:  # none, or left by someone before it
+        return exited
+    return min(written, exited)
 
 
 def log_paths(launch: WorkerLaunch) -> dict[str, str | None]:

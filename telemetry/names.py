@@ -38,6 +38,15 @@ __all__ = [
     "RESTART_MEMBERSHIP",
     "RESTART_REASONS",
     "torch_status",
+    "FIRST_STEP",
+    "ATTEMPT_GOODPUT",
+    "BADPUT_STARTUP",
+    "BADPUT_RENDEZVOUS",
+    "BADPUT_RESTART",
+    "BADPUT_STALL",
+    "BADPUT_LOST_PROGRESS",
+    "BADPUT_SHUTDOWN",
+    "BADPUT_REASONS",
 ]
 
 # ---- states ---------------------------------------------------------------------------------
@@ -90,3 +99,17 @@ WORKER = "WORKER"
 RESTART_FAILURE = "failure"
 RESTART_MEMBERSHIP = "membership"
 RESTART_REASONS = (RESTART_FAILURE, RESTART_MEMBERSHIP)
+
+# ---- goodput (agent/goodput.py) -------------------------------------------------------------
+# An attempt's first training step, and an attempt's split of its wall time.
+FIRST_STEP = "elastiscope.agent.first_step"
+ATTEMPT_GOODPUT = "elastiscope.agent.attempt_goodput"
+# Why time was not productive training, as events and the ``reason`` label spell it.
+BADPUT_STARTUP = "startup"  # launch -> the run's first step
+BADPUT_RENDEZVOUS = "rendezvous"  # run start -> launch; a membership change -> first step after it
+BADPUT_RESTART = "restart"  # a failure -> the first step after it
+BADPUT_STALL = "stall"  # no progress while workers run (fed by the hang detection)
+BADPUT_LOST_PROGRESS = "lost_progress"  # steps redone after a resume; the step a failure cut short
+BADPUT_SHUTDOWN = "shutdown"  # the last step -> run end, when no restart follows
+BADPUT_REASONS = (BADPUT_STARTUP, BADPUT_RENDEZVOUS, BADPUT_RESTART, BADPUT_STALL,
+                  BADPUT_LOST_PROGRESS, BADPUT_SHUTDOWN)

@@ -133,6 +133,9 @@ def test_a_worker_that_never_steps_shows_as_not_reporting(tmp_path):
     assert run.proc.returncode == 0, "".join(run.err[-30:])
     assert run.per_rank("elastiscope_worker_reporting_progress") == {"0": 0, "1": 0}
     assert run.per_rank("elastiscope_worker_steps_total") == {}
+    # Goodput claims nothing for it: no ratio, and the summary line says why (agent/goodput.py).
+    assert run.samples("elastiscope_goodput_ratio") == {}
+    assert "goodput: no progress reported" in "".join(run.err)
     # Once the run is over the records are closed and /status says no progress at all (None).
     seen = [w["progress"] for s in run.statuses for w in s["workers"]
             if w.get("pid") and w.get("progress") is not None]

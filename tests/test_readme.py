@@ -79,8 +79,9 @@ def check_main_job(result, clone):
     (endpoint,) = [s for s in status if "url" in s]
     assert endpoint["event"].startswith(f"metrics {endpoint['url']}/metrics"), endpoint
     summary = status[-1]
-    assert summary["event"].startswith("run SUCCEEDED (exit 0), 0 restart(s); timeline: "
-                                       "elastiscope events runs/"), summary
+    assert re.match(r"run SUCCEEDED \(exit 0\), 0 restart\(s\), goodput \d+\.\d %; timeline: "
+                    r"elastiscope events runs/", summary["event"]), summary
+    assert 0 < summary["goodput_ratio"] < 1, summary
     # "elastiscope events <that path> prints the run's timeline"
     timeline = shell(f"elastiscope events {summary['event_log']}", clone)
     assert timeline.returncode == 0, timeline.stderr

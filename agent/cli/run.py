@@ -263,8 +263,21 @@ class Run:
         outcome = (f"stopped by {self.stopped_by}" if self.stopped_by
                    else str(snapshot.get("state", "UNKNOWN")))
         timeline = f"; timeline: {PROG} events {self.event_log}" if self.event_log else ""
-        say(f"run {outcome} (exit {status}), {restarts} restart(s){timeline}",
-            outcome=outcome, exit_code=status, restarts=restarts, event_log=self.event_log)
+        goodput, ratio = self._goodput()
+        say(f"run {outcome} (exit {status}), {restarts} restart(s){goodput}{timeline}",
+            outcome=outcome, exit_code=status, restarts=restarts, goodput_ratio=ratio,
+            event_log=self.event_log)
+
+    def _goodput(self) -> tuple[str, float | None]:
+        """The summary line's goodput part and the ratio (agent/goodput.py)."""
+        agent = self.status.agent if self.status is not None else None
+        summary = agent.goodput_summary() if hasattr(agent, "goodput_summary") else None
+        if not summary:
+            return "", None
+        ratio = summary.get("goodput_ratio")
+        if not summary.get("progress_reported") or ratio is None:
+            return ", goodput: no progress reported", None
+        return f", goodput {100 * ratio:.1f} %", ratio
 
     def _linger(self) -> None:
         """Keep the endpoint up for one more scrape, if a scraper has been watching this run.

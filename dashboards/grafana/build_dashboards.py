@@ -306,7 +306,34 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                              f"(last_over_time(elastiscope_torchelastic_metric{{{TELEMETRY}}}[$__range]))")],
                options={"showHeader": True, "cellHeight": "sm"}), 8, 8),
     ])
-    return [job, failures, durations, workers, progress, telemetry]
+    return [job, failures, durations, workers, progress, goodput_row(), telemetry]
+
+
+def goodput_row() -> tuple[dict, list[tuple[dict, int, int]]]:
+    """The agent's split of its run's wall time (agent/goodput.py; docs/operations.md)."""
+    by_reason = "{{instance}} {{role}} {{reason}}"
+    return (row("Goodput"), [
+        (stat("Goodput", "Share of each agent's run so far spent in productive training (first "
+              "to last step of each attempt, less stalls and redone steps). Absent until a worker "
+              "reports a step: no progress reported is not 0 %.",
+              targets((f"max by (instance, role) (elastiscope_goodput_ratio{{{AGENT}}})",
+                       "{{instance}} {{role}}")),
+              unit="percentunit", thresholds=[(None, "red"), (0.5, "orange"), (0.8, "green")]), 6, 8),
+        (timeseries("Where the time goes", "Seconds per second of wall time, productive and "
+                    "badput by reason (startup, rendezvous, restart, stall, lost_progress, "
+                    "shutdown); they add up to 1 per agent once its workers report steps.",
+                    targets((f"sum by (instance, role) "
+                             f"(rate(elastiscope_productive_seconds_total{{{AGENT}}}[$__rate_interval]))",
+                             "{{instance}} {{role}} productive"),
+                            (f"sum by (instance, role, reason) "
+                             f"(rate(elastiscope_badput_seconds_total{{{AGENT}}}[$__rate_interval])) > 0",
+                             by_reason)), unit="percentunit"), 12, 8),
+        (timeseries("Goodput over 30 minutes", "Productive share of the last 30 minutes (the "
+                    "recording rule the ElastiscopeGoodputLow alert reads, below 0.5 for 10 minutes).",
+                    targets((f"max by (instance, role) "
+                             f"(instance_role:elastiscope_goodput_ratio:30m{{{AGENT}}})",
+                             "{{instance}} {{role}}")), unit="percentunit"), 6, 8),
+    ])
 
 
 def layout(rows: list[tuple[dict, list[tuple[dict, int, int]]]]) -> list[dict]:

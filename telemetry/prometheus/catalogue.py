@@ -39,6 +39,9 @@ EVENT_KINDS_AT_ZERO = (
     (names.RENDEZVOUS_COMPLETE, names.AGENT),
     (names.RESTART, names.AGENT),
     (names.WORKER_FAILED, names.WORKER),
+    # goodput (agent/goodput.py)
+    (names.FIRST_STEP, names.AGENT),
+    (names.ATTEMPT_GOODPUT, names.AGENT),
 )
 
 # (outcome, retried) label values of elastiscope_runs_total: every way a run can finish.
@@ -184,6 +187,23 @@ CATALOGUE: tuple[Series, ...] = (
     Series("elastiscope_node_steps_per_second", "gauge", ("role",),
            "Mean steps per second of this node's reporting workers over the last 10 seconds.",
            "put_metric workers.<role>.progress.steps_per_second",
+           when="after a worker's first step (local agent)"),
+    # Goodput (agent/goodput.py; docs/operations.md defines each reason).
+    Series("elastiscope_productive_seconds_total", "counter", ("role",),
+           "Seconds of the agent's run spent in productive training (first step to last step of "
+           "each attempt, less stalls and redone steps); counted once a worker has reported a step.",
+           "put_metric workers.<role>.goodput.productive_seconds",
+           zero="at run start"),
+    Series("elastiscope_badput_seconds_total", "counter", ("role", "reason"),
+           "Seconds of the agent's run not spent in productive training, by reason (startup, "
+           "rendezvous, restart, stall, lost_progress, shutdown); with the productive seconds they "
+           "add up to the run's wall time. Counted once a worker has reported a step.",
+           "put_metric workers.<role>.goodput.badput_seconds.<reason>",
+           zero="at run start: each reason"),
+    Series("elastiscope_goodput_ratio", "gauge", ("role",),
+           "Productive seconds over the run's wall time accounted so far (0..1); absent while no "
+           "worker has reported a step (no progress reported is not 0 % goodput).",
+           "put_metric workers.<role>.goodput.ratio",
            when="after a worker's first step (local agent)"),
     Series("elastiscope_events_total", "counter", ("name", "source"),
            "Events published, by event name and source.", "every event",

@@ -30,6 +30,7 @@ class MetricKind(str, Enum):
     WORKER_STOP_DURATION = "worker_stop_duration"
     WORKER_PROGRESS = "worker_progress"
     NODE_STEP_RATE = "node_step_rate"
+    GOODPUT = "goodput"
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ _WORKER_RESOURCE = re.compile(r"^workers\.(?P<role>.+)\.worker\.(?P<rank>\d+)\.(
 # checkpoint kind or a scalar's name (bounded by the worker's record: see docs/reference.md).
 _WORKER_PROGRESS = re.compile(
     r"^workers\.(?P<role>.+)\.worker\.(?P<rank>\d+)\.progress\.(?P<what>[a-z_]+)(?:\.(?P<arg>[a-z0-9_]+))?$")
+# The agent's goodput totals: labels (role, what, reason); see agent/goodput.py.
+_GOODPUT = re.compile(
+    r"^workers\.(?P<role>.+)\.goodput\.(?P<what>productive_seconds|badput_seconds|ratio)(?:\.(?P<reason>[a-z_]+))?$")
 _PROF_STEP = re.compile(r"^(?:.+\.)?_(?P<step>start|stop)_workers\.duration\.ms$")
 
 
@@ -78,6 +82,9 @@ def classify_metric(group: str, name: str) -> MetricTarget:
         m = _WORKER_PROGRESS.match(name)
         if m:
             return MetricTarget(MetricKind.WORKER_PROGRESS, (m["role"], m["rank"], m["what"], m["arg"] or ""))
+        m = _GOODPUT.match(name)
+        if m:
+            return MetricTarget(MetricKind.GOODPUT, (m["role"], m["what"], m["reason"] or ""))
         if name.endswith(".progress.steps_per_second"):
             return MetricTarget(MetricKind.NODE_STEP_RATE, (name[len("workers."):-len(".progress.steps_per_second")],))
         role, _, suffix = name[len("workers."):].rpartition(".")

@@ -34,6 +34,8 @@ _COLLECTED = frozenset({
     "elastiscope_worker_step_duration_seconds",
     "elastiscope_telemetry_dropped_total",
     "elastiscope_telemetry_sink_errors_total",
+    "elastiscope_productive_seconds_total",
+    "elastiscope_badput_seconds_total",
 })
 
 
@@ -53,11 +55,15 @@ class AgentMetrics:
         self._worker_cpu = _WorkerCpuTotals()
         self._worker_steps = _WorkerCpuTotals("elastiscope_worker_steps_total")
         self._step_durations = _StepDurations()
+        self._productive = _WorkerCpuTotals("elastiscope_productive_seconds_total")
+        self._badput = _WorkerCpuTotals("elastiscope_badput_seconds_total")
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_WithoutCreated(self._updated))
         self.registry.register(self._worker_cpu)
         self.registry.register(self._worker_steps)
         self.registry.register(self._step_durations)
+        self.registry.register(self._productive)
+        self.registry.register(self._badput)
         self.registry.register(_SinkHealth(stats_source or _process_pipeline_stats))
 
     def child(self, series: str, *labels: str):
@@ -99,6 +105,9 @@ class AgentMetrics:
         # A run that has spent no restart is 0 flaky; torch reports its flakiness only at the
         # end, and the last scrape before the agent exits may come too early to see it.
         self.child("elastiscope_flakiness_percent", role)
+        self._productive.start((role,))
+        for reason in names.BADPUT_REASONS:
+            self._badput.start((role, reason))
 
     def count_events_from_zero(self, kinds: Iterable[tuple[str, str]] = EVENT_KINDS_AT_ZERO) -> None:
         """Create ``elastiscope_events_total{name, source}`` at 0 for each (name, source)."""
@@ -114,6 +123,13 @@ class AgentMetrics:
 
     def set_worker_steps(self, role: str, local_rank: str, steps: float) -> None:
         self._worker_steps.set(role, local_rank, steps)
+
+    def set_goodput_seconds(self, role: str, reason: str | None, seconds: float) -> None:
+        """The run's productive seconds so far (``reason`` None) or its badput for ``reason``."""
+        if reason is None:
+            self._productive.set_labels((role,), seconds)
+        else:
+            self._badput.set_labels((role, reason), seconds)
 
     def set_step_duration_bucket(self, role: str, local_rank: str, bucket: int, count: float) -> None:
         """The steps counted in bucket ``bucket`` (not cumulative; the last is +Inf)."""
@@ -162,21 +178,29 @@ class _WithoutCreated:
 
 
 class _WorkerCpuTotals:
-    """Worker CPU seconds (or steps) arrive as running totals, not increments: kept as given
-    and exposed as a counter at scrape time (a prometheus_client Counter can only be increased)."""
+    """Worker CPU seconds (or steps, or goodput seconds) arrive as running totals, not
+    increments: kept as given and exposed as a counter at scrape time (a prometheus_client
+    Counter can only be increased)."""
 
     def __init__(self, series: str = "elastiscope_worker_cpu_seconds_total") -> None:
         self._series = series
-        self._totals: dict[tuple[str, str], float] = {}
+        self._totals: dict[tuple[str, ...], float] = {}
 
     def set(self, role: str, local_rank: str, seconds: float) -> None:
         self._totals[(role, local_rank)] = float(seconds)
 
+    def set_labels(self, labels: tuple[str, ...], value: float) -> None:
+        self._totals[labels] = float(value)
+
+    def start(self, labels: tuple[str, ...]) -> None:
+        """At 0 unless it holds a value already."""
+        self._totals.setdefault(labels, 0.0)
+
     def collect(self) -> Iterator[Metric]:
         family = _counter_family(self._series)
         # dict.copy() is atomic: a sample arriving from the monitor thread mid-scrape is safe.
-        for (role, rank), value in sorted(self._totals.copy().items()):
-            family.add_metric([role, rank], value)
+        for labels, value in sorted(self._totals.copy().items()):
+            family.add_metric(list(labels), value)
         yield family
 
 

@@ -99,6 +99,7 @@ class PrometheusSink(Sink):
             MetricKind.WORKER_STOP_DURATION: self._worker_stop_duration,
             MetricKind.WORKER_PROGRESS: self._worker_progress,
             MetricKind.NODE_STEP_RATE: self._node_step_rate,
+            MetricKind.GOODPUT: self._goodput,
         }
         # Children whose label values are known now start at 0 (the role's, at run start).
         self.metrics.count_events_from_zero()
@@ -348,3 +349,14 @@ class PrometheusSink(Sink):
 
     def _node_step_rate(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
         self._set_gauge("elastiscope_node_steps_per_second", labels, point.value)
+
+    def _goodput(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
+        role, what, reason = labels
+        if what == "ratio":
+            self._set_gauge("elastiscope_goodput_ratio", (role,), point.value)
+        elif what == "productive_seconds":
+            self.metrics.set_goodput_seconds(role, None, point.value)
+        elif what == "badput_seconds" and reason:
+            self.metrics.set_goodput_seconds(role, reason, point.value)
+        else:
+            self._generic(point, labels)

@@ -79,6 +79,9 @@ class Attempt:
     ended: int | None = None
     outcome: str = "RUNNING"
     failures: list[Failure] = field(default_factory=list)
+    # From the local agent's goodput events: the first step's metadata, the attempt's split.
+    first_step: dict[str, Any] | None = None
+    goodput: dict[str, Any] | None = None
 
 
 @dataclass
@@ -99,6 +102,8 @@ class RunSummary:
     events: list[LogEvent] = field(default_factory=list)
     # The job's root cause as the agent last named it (rank, host, error), when a failure did.
     root_cause: dict[str, Any] | None = None
+    # The run's goodput split from its run_end event (the local agent's), None without one.
+    goodput: dict[str, Any] | None = None
     # Lines of the file that were not events; the log's count is kept on its last run, since
     # a cut-short or corrupted line cannot be attributed to a run. Not part of the JSON run.
     skipped_lines: int = 0

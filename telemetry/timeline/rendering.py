@@ -7,7 +7,11 @@ from dataclasses import asdict
 from typing import Any
 
 from telemetry.names import (
+    ATTEMPT_GOODPUT,
+    BADPUT_REASONS,
     ENDPOINT_STARTED,
+    FIRST_STEP,
+    RESTART_FAILURE,
     RENDEZVOUS_COMPLETE,
     RESTART,
     RUN_END,
@@ -17,7 +21,7 @@ from telemetry.names import (
     WORKER_FAILED,
 )
 from telemetry.timeline.model import Failure, JobTimeline, LogEvent, RunSummary
-from telemetry.timeline.summary import failure_of
+from telemetry.timeline.summary import ATTEMPT_KEYS, failure_of, goodput_of
 
 __all__ = ["render", "summaries_as_json", "render_jobs", "jobs_as_json"]
 
@@ -33,6 +37,56 @@ def _ms(value: float | None) -> str:
     if value is None:
         return "?"
     return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+
+
+def _seconds(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "?"
+    return f"{value * 1000:.0f} ms" if value < 0.1 else f"{value:.1f} s"
+
+
+def _badput(goodput: dict[str, Any]) -> str:
+    """``lost 3.5 s: restart 2.6 s, lost progress 0.9 s (6 steps redone)``, largest first."""
+    parts = []
+    for reason in BADPUT_REASONS:
+        seconds = goodput.get(f"badput_{reason}_seconds")
+        if isinstance(seconds, (int, float)) and seconds > 0:
+            parts.append((seconds, reason))
+    if not parts:
+        return "nothing lost"
+    redone = goodput.get("redone_steps")
+    words = []
+    for seconds, reason in sorted(parts, reverse=True):
+        note = f" ({redone} steps redone)" if reason == "lost_progress" and redone else ""
+        words.append(f"{reason.replace('_', ' ')} {_seconds(seconds)}{note}")
+    return f"lost {_seconds(sum(s for s, _ in parts))}: " + ", ".join(words)
+
+
+def _goodput_text(goodput: dict[str, Any]) -> str:
+    """The goodput in a few words: ratio, productive of wall, and what was lost."""
+    if not goodput.get("progress_reported") or goodput.get("goodput_ratio") is None:
+        return f"no progress reported ({_seconds(goodput.get('wall_seconds'))})"
+    return (f"{100 * goodput['goodput_ratio']:.1f} % ({_seconds(goodput.get('productive_seconds'))} "
+            f"productive of {_seconds(goodput.get('wall_seconds'))}); {_badput(goodput)}")
+
+
+def _attempt_goodput_line(goodput: dict[str, Any]) -> str:
+    """``attempt 0 (ended by failure): 46 steps, 70.9 steps/s; 15.3 % (...); lost ...``"""
+    rate = goodput.get("steps_per_second")
+    rate_text = f", {rate:.1f} steps/s" if isinstance(rate, (int, float)) else ""
+    return (f"attempt {goodput.get('attempt')} (ended by {goodput.get('ended_by')}): "
+            f"{goodput.get('steps')} steps{rate_text}; {_goodput_text(goodput)}")
+
+
+def _first_step_line(md: dict[str, Any]) -> str:
+    after = md.get("interruption_to_first_step_s")
+    reason = md.get("interruption_reason")
+    if reason is None or after is None:
+        return (f"attempt {md.get('attempt')}: first training step "
+                f"{_seconds(md.get('launch_to_first_step_s'))} after launch")
+    what = "the restart" if reason == RESTART_FAILURE else f"the {reason} restart"
+    return (f"attempt {md.get('attempt')}: first training step after {what} after {_seconds(after)} "
+            f"(since the failure; {_seconds(md.get('launch_to_first_step_s'))} since launch)")
 
 
 def _rank(f: Failure) -> str:
@@ -103,8 +157,14 @@ class _TimelineWriter:
             ranks = f" of rank(s) {', '.join(map(str, r.failed_ranks))}" if r and r.failed_ranks else ""
             return (f"restart #{r.number if r else '?'} ({md.get('reason')}{ranks}); "
                     f"{md.get('remaining_restarts')} left{took}")
+        if e.name == FIRST_STEP:
+            return _first_step_line(md)
+        if e.name == ATTEMPT_GOODPUT:
+            return _attempt_goodput_line(goodput_of(md, ATTEMPT_KEYS) or {})
         if e.name == RUN_END:
-            return f"run ended: {md.get('state')} after {md.get('total_run_time')} s"
+            goodput = goodput_of(md)
+            told = f"; goodput {_goodput_text(goodput)}" if goodput else ""
+            return f"run ended: {md.get('state')} after {md.get('total_run_time')} s{told}"
         if self.show_all:
             extras = {k: v for k, v in md.items() if k in _ALL_EVENTS_KEYS and v is not None}
             return f"{e.name} " + " ".join(f"{k}={v}" for k, v in extras.items())
@@ -169,6 +229,9 @@ def _summary_lines(run: RunSummary) -> list[str]:
     timed = [x.duration_ms for x in run.restarts if x.duration_ms is not None]
     if timed:
         lines.append(f"restart to workers running: mean {_ms(sum(timed) / len(timed))}, max {_ms(max(timed))}")
+    if run.goodput:
+        lines.append(f"goodput: {_goodput_text(run.goodput)}")
+        lines.extend(f"  {_attempt_goodput_line(a.goodput)}" for a in run.attempts if a.goodput)
     if run.endpoint_url:
         lines.append(f"endpoint: {run.endpoint_url}")
     return lines

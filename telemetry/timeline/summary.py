@@ -6,7 +6,9 @@ import json
 from typing import Any, Callable, Iterable
 
 from telemetry.names import (
+    ATTEMPT_GOODPUT,
     ENDPOINT_STARTED,
+    FIRST_STEP,
     HEALTHY,
     RENDEZVOUS_COMPLETE,
     RESTART,
@@ -21,7 +23,7 @@ from telemetry.names import (
 )
 from telemetry.timeline.model import Attempt, Failure, LogEvent, Restart, RunSummary
 
-__all__ = ["summarise", "failure_of", "first_error_line", "json_list"]
+__all__ = ["summarise", "failure_of", "first_error_line", "json_list", "goodput_of", "GOODPUT_KEYS", "ATTEMPT_KEYS"]
 
 INCOMPLETE = "INCOMPLETE (no run_end: agent killed, or still running)"
 
@@ -85,6 +87,19 @@ def failure_of(event: LogEvent, attempt: Attempt | None) -> Failure:
     )
 
 
+# The goodput fields of attempt_goodput and run_end events (agent/goodput.py goodput_fields).
+GOODPUT_KEYS = ("wall_seconds", "productive_seconds", "goodput_ratio", "progress_reported")
+ATTEMPT_KEYS = ("attempt", "ended_by", "steps", "steps_per_second", "redone_steps")
+
+
+def goodput_of(metadata: dict[str, Any], keys: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """An event's goodput fields (and ``keys``), None when it has none (not a local agent's)."""
+    if "productive_seconds" not in metadata:
+        return None
+    return {k: v for k, v in metadata.items()
+            if k in GOODPUT_KEYS or k in keys or (k.startswith("badput_") and k.endswith("_seconds"))}
+
+
 def json_list(value: Any) -> list:
     """A list given as a list or as its JSON text (torch's metadata holds JSON strings)."""
     if isinstance(value, list):
@@ -116,6 +131,8 @@ class _RunBuilder:
             RESTART: self.on_restart,
             STATE_CHANGE: self.on_state_change,
             RUN_END: self.on_run_end,
+            FIRST_STEP: self.on_first_step,
+            ATTEMPT_GOODPUT: self.on_attempt_goodput,
         }
 
     def add(self, event: LogEvent) -> None:
@@ -194,7 +211,23 @@ class _RunBuilder:
             self.open_restart.duration_ms = float(event.timestamp - self.open_restart.timestamp)
             self.open_restart = None
 
+    def _numbered_attempt(self, event: LogEvent) -> Attempt | None:
+        number = event.metadata.get("attempt")
+        attempts = self.run.attempts
+        return attempts[number] if isinstance(number, int) and 0 <= number < len(attempts) else None
+
+    def on_first_step(self, event: LogEvent) -> None:
+        attempt = self._numbered_attempt(event)
+        if attempt is not None:
+            attempt.first_step = dict(event.metadata)
+
+    def on_attempt_goodput(self, event: LogEvent) -> None:
+        attempt = self._numbered_attempt(event)
+        if attempt is not None:
+            attempt.goodput = goodput_of(event.metadata, ATTEMPT_KEYS)
+
     def on_run_end(self, event: LogEvent) -> None:
+        self.run.goodput = goodput_of(event.metadata)
         self.run.outcome = str(event.metadata.get("state") or "UNKNOWN")
         self.run.ended = event.timestamp
         self.end_attempt(event.timestamp, self.run.outcome)
