@@ -1,5 +1,6 @@
 """Elastiscope's start-up hook for workers (this directory is put first on a worker's
-PYTHONPATH by its agent): arrange the optimizer-step hook, then run the ``sitecustomize`` that
+PYTHONPATH by its agent): arrange the fast exit on an uncaught exception
+(:mod:`elastiscope.failure_exit`) and the optimizer-step hook, then run the ``sitecustomize`` that
 would have run without us, if any, and leave no trace of ours on ``sys.path``.
 """
 
@@ -9,8 +10,9 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 try:
-    from elastiscope import progress_hook
+    from elastiscope import failure_exit, progress_hook
 
+    failure_exit.install()
     progress_hook.install()
 except Exception:  # telemetry never breaks the job
     pass
