@@ -10,11 +10,16 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 try:
-    from elastiscope import failure_exit, progress_hook
+    from elastiscope import progress_hook
 
-    failure_exit.install()
     progress_hook.install()
 except Exception:  # telemetry never breaks the job
+    pass
+try:  # apart: either works without the other
+    from elastiscope import failure_exit
+
+    failure_exit.install()
+except Exception:
     pass
 # The next sitecustomize on the path, as if this one were not there; without one, this one
 # stays the sitecustomize module (the import machinery expects to find one).
