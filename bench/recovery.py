@@ -270,6 +270,64 @@ def print_table(r: dict) -> None:
         print(f"  ratio ours/torchrun {r['recovery_ratio']:.2f} (goal <= {GOAL_RATIO}): {verdict}")
 
 
+# ---- the benchmark page (bench/run_all.py) ------------------------------------------------
+
+PHASE_TEXT = {
+    "teardown": "the crashed rank's process exits", "stop": "its peers have exited",
+    "spawn": "the next attempt's slowest worker runs its first line", "import": "... has imported torch",
+    "process_group": "... has `init_process_group` done",
+    "first_step": "... has finished its first `optimizer.step()` (DDP's construction included)",
+}
+
+
+def goal_rows(result: dict | None) -> list[dict]:
+    """The page's goal rows: time to recovery ours/torchrun, per worker count."""
+    rows = []
+    for r in (result or {}).get("runs", []):
+        ours, theirs = r["launchers"].get(OURS, {}), r["launchers"].get(THEIRS, {})
+        ratio = r.get("recovery_ratio")
+        rows.append({"goal": f"time to recovery, DDP job, {r['nproc']} workers", "target": f"≤ {GOAL_RATIO}× torchrun",
+                     "ours": _seconds(ours.get("recovery_s")), "theirs": _seconds(theirs.get("recovery_s")),
+                     "measured": "–" if ratio is None else f"{ratio:.2f}×",
+                     "met": None if ratio is None else ratio <= GOAL_RATIO, "note": ""})
+    return rows
+
+
+def _seconds(summary: dict | None) -> str:
+    return "–" if not summary else f"{summary['median']:.2f} s"
+
+
+def render(result: dict | None) -> list[str]:
+    """The page's section: the breakdown per launcher and worker count, failures, losses."""
+    lines = ["## Recovery of a real job", "",
+             f"`bench/recovery.py`: N workers train a small MLP with DDP over gloo, `--standalone`, "
+             f"`--max-restarts 1`, OMP_NUM_THREADS=1; on the first attempt rank 1 raises at step {CRASH_AT_STEP} "
+             "while its peers wait in the step's all-reduce, and the second attempt trains from the start. "
+             "Times are stamped inside the workers (process exits: a pidfd per worker), from the crash; "
+             "each phase ends when:", ""]
+    lines += [f"- **{p.replace('_', ' ')}**: {PHASE_TEXT[p]};" for p in PHASES]
+    lines += ["", "**time to recovery** is their sum: crash → first step completed by all ranks of the next attempt. "
+              "A failed restart is a run that exits non-zero, hangs (no exit in 120 s) or misses a stamp; the "
+              "repetition is tried again, up to 3 runs.", ""]
+    if not result or not result.get("runs"):
+        return lines + ["_Not measured._", ""]
+    header = ["workers", "launcher", "time to recovery ms", *[f"{p.replace('_', ' ')} ms" for p in PHASES],
+              "failed restarts", "same final loss"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in result["runs"]:
+        for name, s in r["launchers"].items():
+            runs = len(s.get("recovery_s", {}).get("samples", [])) + len(r["failures"][name])
+            cells = [str(r["nproc"]), name, _ms(s.get("recovery_s")), *[_ms(s.get(p + "_s")) for p in PHASES],
+                     f"{len(r['failures'][name])} of {runs}", "yes" if r["same_final_loss"][name] else "no"]
+            lines.append("| " + " | ".join(cells) + " |")
+        if r.get("recovery_ratio") is not None:
+            lines.append(f"| {r['nproc']} | **ratio** | {r['recovery_ratio']:.2f}× |" + " |" * (len(header) - 3))
+    loads = ", ".join(f"{r['nproc']} workers: {r['load_average']}" for r in result["runs"])
+    lines += ["", f"{result['runs'][0]['reps']} repetitions each, alternating; median (min–max). "
+              f"Load average at the end of each worker count: {loads}.", ""]
+    return lines
+
+
 def main() -> int:
     p = common.OneLineParser(prog="recovery.py", description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=5)
