@@ -15,9 +15,11 @@ while they waited take that off the restart's critical path
 Every module of :data:`TORCH_FIRST_STEP` is safe to import ahead: importing it starts no
 thread a cold ``import torch`` would not start, opens no file descriptor, sets no signal
 handler, and reads none of the per-attempt variables (``tests/test_standby_preload.py``
-checks the first three). Preloaded standbys cost memory (about 290 MiB resident each here,
-much of it torch's shared libraries, shared between them); past ``memory_limit`` bytes of
-proportional memory in all, they are replaced by bare interpreters for the rest of the job.
+checks the first three). Preloaded standbys cost memory: 289 MiB resident each here, 212 MiB
+proportional (the rest is torch's libraries, shared with the workers); nearly all of the 212
+MiB is private heap, which a fork server could share between standbys, separate interpreters
+cannot. Past ``memory_limit`` bytes of proportional memory in all, they are replaced by bare
+interpreters for the rest of the job.
 """
 
 from __future__ import annotations
