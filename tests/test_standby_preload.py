@@ -134,3 +134,21 @@ print(json.dumps([before, look()]))
     before, after = json.loads(out.splitlines()[-1])
     assert before == after
     assert signal.SIGTERM  # the dispositions compared include SIGTERM/SIGINT
+
+
+def test_preload_flag_values():
+    from agent.cli.errors import UsageError
+    from agent.cli.validate import parse_preload
+
+    assert parse_preload(None) == ((), True)
+    assert parse_preload("none") == ((), False)
+    assert parse_preload("numpy, pandas.core") == (("numpy", "pandas.core"), True)
+    with pytest.raises(UsageError, match="not a module name"):
+        parse_preload("numpy,os/path")
+
+
+def test_a_bad_preload_flag_is_one_line_and_exit_status_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "agent", "run", "--preload", "a-b", "x.py"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--preload" in proc.stderr
