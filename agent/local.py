@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import operator
+import os
 import signal
 import threading
 import time
@@ -47,6 +48,7 @@ from agent.processes import (
 from agent.goodput import GoodputView
 from agent.progress import SITE_DIR, ProgressChannels, ProgressMetrics
 from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
+from agent.standby_preload import DEFAULT_MEMORY_LIMIT, StandbyPreload
 from agent.worker_env import progress_env, substitute_local_rank, worker_env
 from agent.worker_failures import FailureReporter, failed_at
 from agent.worker_logs import log_tee_for
@@ -60,6 +62,9 @@ logger = logging.getLogger(__name__)
 
 # Standbys start this long after an attempt's workers, so as not to slow their own start-up.
 STANDBY_DELAY_S = 0.2
+# While it is not known whether the workers use torch, look again after this long, doubling
+# up to the cap (reading their memory maps is cheap, but not free for the whole job).
+PRELOAD_RECHECK_S = (0.5, 30.0)
 _worker_id = operator.attrgetter("id")
 
 
@@ -79,6 +84,10 @@ class LocalElasticAgent(SimpleElasticAgent):
     module) and a restart is possible, keep one standby interpreter per worker started ahead
     of time, so that a restart does not wait for interpreter start-up (see
     :mod:`agent.processes.standby`). Set it False to always start workers cold.
+    ``preload``: modules the standbys import while they wait, on top of what a torch job's
+    first step imports (added once the workers are seen to load torch; ``preload_torch``
+    False leaves it out); ``standby_memory_limit`` bounds the preloaded standbys'
+    proportional memory in bytes (None: unbounded). See :mod:`agent.standby_preload`.
 
     ``count_optimizer_steps``: each worker's ``optimizer.step()`` counts as a training step
     (a hook arranged at worker start, see :mod:`elastiscope.progress_hook`); False leaves only
@@ -99,6 +108,9 @@ class LocalElasticAgent(SimpleElasticAgent):
         resource_sample_interval: float = 5.0,
         warm_standby: bool = True,
         count_optimizer_steps: bool = True,
+        preload: tuple[str, ...] = (),
+        preload_torch: bool = True,
+        standby_memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
     ):
         super().__init__(spec, exit_barrier_timeout, shutdown_timeout)
         self._logs_specs = logs_specs if logs_specs is not None else DefaultLogsSpecs()
@@ -109,6 +121,9 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._warm_standby = warm_standby
         self._standbys: StandbyPool | None = None
         self._standby_due: float | None = None
+        self._preload = StandbyPreload(preload, preload_torch, standby_memory_limit)
+        self._preload_recheck = PRELOAD_RECHECK_S[0]
+        self._standby_envs: list[dict[str, str]] = []  # the attempt's complete worker environments
         self._workers: WorkerSet | None = None
         self._log_tee: LogTee | None = None
         self._next_sample = 0.0
@@ -176,6 +191,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             for local_rank, env in envs.items()
         ]
         self._release_workers()
+        self._standby_envs = [{**os.environ, **launch.env} for launch in launches]
         self._failures.begin(worker_group, launches, restart_count)
         spawner = self._ensure_spawner() if isinstance(spec.entrypoint, str) else None
         mp_context = None
@@ -197,6 +213,7 @@ class LocalElasticAgent(SimpleElasticAgent):
     def _plan_standbys(self, spec: WorkerSpec) -> None:
         """Schedule standbys for the next attempt if one can happen; dismiss them otherwise."""
         self._standby_due = None
+        self._preload_recheck = PRELOAD_RECHECK_S[0]
         if self._standbys is None:
             return
         if self._standby_invocation(spec) is None:
@@ -227,9 +244,14 @@ class LocalElasticAgent(SimpleElasticAgent):
         if invocation is None or self._standbys is None:
             return
         try:
-            self._standbys.fill(invocation, spec.local_world_size)
+            modules = self._preload.modules(self._worker_pids if self._all_running else ())
+            self._standbys.fill(invocation, self._standby_envs, modules)
         except Exception:  # a restart without standbys is only slower
             logger.warning("could not start standby interpreters", exc_info=True)
+        if self._preload.undecided and self._all_running:
+            # The workers may import torch later: look again, less and less often.
+            self._standby_due = time.monotonic() + self._preload_recheck
+            self._preload_recheck = min(self._preload_recheck * 2, PRELOAD_RECHECK_S[1])
 
     # ---- rendezvous ----------------------------------------------------------------------
 
@@ -323,6 +345,13 @@ class LocalElasticAgent(SimpleElasticAgent):
 
     def _sample_resources(self, workers: WorkerSet) -> None:
         role = self._worker_group.spec.role
+        standbys = self._standbys
+        if standbys is not None and standbys.preload:
+            if self._preload.measure(standbys.pids):
+                self._standby_due = time.monotonic()  # refilled bare at the next chore
+            rss, pss = self._preload.last_memory or (0, 0)
+            put_metric(f"workers.{role}.standby.rss_bytes", rss)
+            put_metric(f"workers.{role}.standby.pss_bytes", pss)
         for proc in workers.workers:
             if not proc.running:
                 continue

@@ -6,7 +6,7 @@
     python bench/run_all.py --render-only   # rewrite the page from docs/bench/results.json
 
 Sections: import_cost, launch, restart (restart and failure detection latency, from the same
-crash-once runs), steady (agent CPU and memory with sleeping workers), hotpath (telemetry
+crash-once runs), recovery (time to recovery of a real DDP job, bench/recovery.py), steady (agent CPU and memory with sleeping workers), hotpath (telemetry
 record/put_metric), endpoint (/metrics under concurrent load), scaling (workers, nodes, event
 rates). Launchers alternate within each section (A/B, several repetitions); the page gives
 medians with min-max, the machine, and the load average around every section. Raw results
@@ -27,12 +27,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import detection_latency  # noqa: E402
+import recovery  # noqa: E402
 import scaling  # noqa: E402
 from common import OURS, THEIRS  # noqa: E402
 
-SECTIONS = ("import_cost", "launch", "restart", "steady", "hotpath", "endpoint", "scaling")
+SECTIONS = ("import_cost", "launch", "restart", "recovery", "steady", "hotpath", "endpoint", "scaling")
 # Repetitions per section: (full, quick).
-REPS = {"import_cost": (15, 2), "launch": (7, 2), "restart": (9, 3), "steady": (5, 2)}
+REPS = {"import_cost": (15, 2), "launch": (7, 2), "restart": (9, 3), "recovery": (5, 2), "steady": (5, 2)}
 STEADY_WINDOW_S = (10.0, 3.0)
 CPU_PARTS = ("launcher_main_thread", "launcher_other_threads", "helper_processes")
 HOTPATH_CALLS = (100_000, 20_000)
@@ -75,6 +76,11 @@ def measure_restart(args) -> dict:
     return {rdzv: detection_latency.measure(reps, 4, rdzv, progress=say) for rdzv in ("c10d", "static")}
 
 
+def measure_recovery(args) -> dict:
+    reps = _reps("recovery", args)
+    return common.run_json("recovery.py", "--reps", str(reps), "--nproc", "2,4", timeout=7200.0)
+
+
 def measure_steady(args) -> dict:
     reps, window = _reps("steady", args), STEADY_WINDOW_S[1 if args.quick else 0]
     with tempfile.TemporaryDirectory(prefix="run_all_steady_") as tmp:
@@ -103,6 +109,7 @@ def measure_scaling(args) -> dict:
 
 MEASURE = {
     "import_cost": measure_import_cost, "launch": measure_launch, "restart": measure_restart,
+    "recovery": measure_recovery,
     "steady": measure_steady, "hotpath": measure_hotpath, "endpoint": measure_endpoint,
     "scaling": measure_scaling,
 }
@@ -238,6 +245,8 @@ def goals(results: dict) -> list[dict]:
                  f"the launcher process alone is {launcher_ratio:.2f}× torchrun's (it imports structlog and "
                  f"prometheus-client next to torch); on top of it come {_helpers_text(helper_count)} "
                  f"with {helpers / MIB:.0f} MiB RSS (peak, shared library pages counted in each process)."})
+
+    rows += recovery.goal_rows(_result(results, "recovery"))
 
     steady = _get(_result(results, "steady"), "launchers") or {}
     cpu = common.ratio(_get(steady, OURS, "cpu_ms_per_s"), _get(steady, THEIRS, "cpu_ms_per_s"))
@@ -444,6 +453,13 @@ def render_steady(results) -> list[str]:
     return lines
 
 
+def render_recovery(results) -> list[str]:
+    lines = recovery.render(_result(results, "recovery"))
+    if not _result(results, "recovery"):
+        lines[-2] = _missing(results, "recovery")
+    return lines
+
+
 def render_import_cost(results) -> list[str]:
     r = _result(results, "import_cost")
     lines = ["## Import cost", "", "`import agent.api` against `import torch.distributed.elastic.agent.server.api`, "
@@ -638,7 +654,7 @@ def render(results: dict) -> str:
              "several repetitions each; tables give medians with min–max.", ""]
     if results.get("_plot_note"):
         lines += [f"> {results['_plot_note']}", ""]
-    parts = (render_machine, render_goals, render_launch, render_restart, render_steady, render_import_cost,
+    parts = (render_machine, render_goals, render_launch, render_restart, render_recovery, render_steady, render_import_cost,
              render_hotpath, render_endpoint, render_scaling, render_loads)
     for part in parts:
         lines += part(results)

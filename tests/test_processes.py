@@ -141,7 +141,7 @@ def test_each_standby_holds_only_its_own_job_pipe_and_all_leave_when_dismissed(s
     script.write_text("pass\n")
     pool = StandbyPool(spawner)
     invocation = python_invocation(PY, ("-u", str(script)))
-    pool.fill(invocation, 3)
+    pool.fill(invocation, [dict(os.environ)] * 3)
     pids = pool.pids
     assert len(pids) == 3
     born = create_times(pids)
@@ -314,7 +314,7 @@ def test_an_exit_reported_while_asking_for_standbys_is_not_lost(spawner, tmp_pat
         # Reaped by the spawner (gone, not merely a zombie), which reports the exit on the pipe
         # right after reaping.
         wait_until(lambda: not _pid_exists(pid), 20)
-        StandbyPool(spawner).fill(python_invocation(PY, ("-u", str(script))), 1)
+        StandbyPool(spawner).fill(python_invocation(PY, ("-u", str(script))), [dict(os.environ)])
         assert workers.wait(10.0)
         assert [w.local_rank for w in workers.collect()] == [0]
     finally:

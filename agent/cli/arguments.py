@@ -268,6 +268,17 @@ def _add_access_flags(obs) -> None:
                           "workers); steps reported through elastiscope.progress still count")
 
 
+def _add_standby_flags(obs) -> None:
+    value = _OurEnvValue
+    obs.add_argument("--preload", action=value, type=str, default=None, metavar="MODULE,...",
+                     help="modules the standbys import while they wait for a restart, on top of "
+                          "torch and what a DDP job's first step imports (those only when the "
+                          "workers use torch); 'none': nothing, not even those")
+    obs.add_argument("--standby-memory-limit", action=value, type=int, default=None, metavar="MIB",
+                     help="proportional memory all preloaded standbys may take; past it they are "
+                          "replaced by bare interpreters (default 4096; 0: no limit)")
+
+
 def build_run_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=f"{PROG} run",
@@ -286,6 +297,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     _add_endpoint_flags(obs)
     _add_telemetry_flags(obs)
     _add_access_flags(obs)
+    _add_standby_flags(obs)
     p.add_argument("training_script", type=str,
                    help="the training script (or module with -m, or program with --no-python)")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER,

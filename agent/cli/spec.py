@@ -18,10 +18,12 @@ from agent.api import WorkerSpec
 from agent.python_cmdline import parse_python_args
 from agent.cli.errors import JobError, UsageError, first_line
 from agent.cli.run_path import run_script_path
+from agent.standby_preload import DEFAULT_MEMORY_LIMIT
 from agent.cli.validate import (
     is_standalone,
     parse_endpoint,
     parse_nnodes,
+    parse_preload,
     parse_ranks_filter,
     parse_rdzv_conf,
 )
@@ -195,7 +197,15 @@ def _agent_options(args: argparse.Namespace, logs_specs: Any) -> dict[str, Any]:
         shutdown_timeout=shutdown_timeout,
         warm_standby=not args.no_warm_standby,
         count_optimizer_steps=not args.no_progress,
+        **_standby_options(args),
     )
+
+
+def _standby_options(args: argparse.Namespace) -> dict[str, Any]:
+    preload, preload_torch = parse_preload(args.preload)
+    limit = args.standby_memory_limit
+    return dict(preload=preload, preload_torch=preload_torch,
+                standby_memory_limit=DEFAULT_MEMORY_LIMIT if limit is None else (limit << 20) or None)
 
 
 def plan_launch(args: argparse.Namespace, nproc: int) -> LaunchPlan:

@@ -78,6 +78,19 @@ def parse_rdzv_conf(text: str) -> dict[str, str]:
     return conf
 
 
+def parse_preload(text: str | None) -> tuple[tuple[str, ...], bool]:
+    """``--preload``: (the modules named, whether torch's first-step modules may be added)."""
+    if text is None:
+        return (), True
+    if text.strip().lower() == "none":
+        return (), False
+    modules = tuple(m.strip() for m in text.split(",") if m.strip())
+    for module in modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise UsageError(f"--preload: {module!r} is not a module name")
+    return modules, True
+
+
 def parse_ranks_filter(text: str) -> set[int] | None:
     """``0,1`` as {0, 1}; empty means every rank (None)."""
     if not text:
@@ -134,6 +147,9 @@ def check_run_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--rdzv-endpoint {args.rdzv_endpoint!r} needs a port for static "
                              "rendezvous")
     parse_rdzv_conf(args.rdzv_conf)
+    parse_preload(args.preload)
+    if args.standby_memory_limit is not None and args.standby_memory_limit < 0:
+        raise UsageError(f"--standby-memory-limit must be >= 0, not {args.standby_memory_limit}")
     parse_ranks_filter(args.local_ranks_filter)
     if args.master_port is not None and not 0 <= args.master_port <= 65535:
         raise UsageError(f"--master-port must be between 0 and 65535, not {args.master_port}")

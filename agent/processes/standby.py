@@ -6,6 +6,16 @@ restart hands each its environment, log files and argv, and it runs the program 
 ``__main__`` at once (:mod:`agent.processes.standby_boot`): interpreter start-up (50+ ms
 each, all competing for the same cores) leaves the restart's critical path. See
 :func:`python_invocation` for what qualifies.
+
+A standby may also *preload* modules (``import torch`` and what a DDP job's first step
+imports: seconds of a restart) before it waits. What those modules read from the environment
+at import (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``TORCH_*``, ``PYTORCH_*``,
+``TORCHDYNAMO_*``, ``TORCHINDUCTOR_*``, ``CUDA_VISIBLE_DEVICES``, ``LD_PRELOAD``, the
+``PYTHON*`` variables the interpreter reads at start-up...) must be what the worker's own
+environment says, so a standby starts with the worker's environment minus the values that
+change with every attempt and rank (:data:`ATTEMPT_VARIABLES`, which no preloaded module
+reads at import), and a standby is taken only by a worker whose environment, those values
+apart, is the one the standby started with (:func:`standby_env`).
 """
 
 from __future__ import annotations
@@ -19,21 +29,39 @@ from typing import TYPE_CHECKING, Any
 
 from agent.processes import standby_boot
 from agent.python_cmdline import parse_python_args
+from elastiscope.progress_layout import CHANNEL_ENV
 
 if TYPE_CHECKING:
     from agent.processes.spawner_client import ProgramSpawner
     from agent.processes.workers import WorkerLaunch
 
 __all__ = [
+    "ATTEMPT_VARIABLES",
     "PythonInvocation",
     "python_invocation",
     "shared_invocation",
     "standby_argv",
+    "standby_env",
     "standby_job",
     "StandbyPool",
 ]
 
 logger = logging.getLogger(__name__)
+
+# The worker variables the agent sets anew for every attempt and rank (torchrun's, plus the
+# error file, the trace context and the progress record). A standby starts without them and
+# gets them with its job; every other variable must match (see the module docstring).
+ATTEMPT_VARIABLES = frozenset({
+    "RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "WORLD_SIZE", "GROUP_WORLD_SIZE",
+    "ROLE_WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+    "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_ERROR_FILE", "TRACEPARENT", CHANNEL_ENV,
+})
+
+
+def standby_env(worker_env: dict[str, str]) -> dict[str, str]:
+    """A worker's complete environment without its per-attempt values: what its standby
+    starts with, and what a standby must have started with to become that worker."""
+    return {k: v for k, v in worker_env.items() if k not in ATTEMPT_VARIABLES}
 
 
 @dataclass(frozen=True)
@@ -91,9 +119,11 @@ _STANDBY_LOADER = (
 )
 
 
-def standby_argv(invocation: PythonInvocation) -> list[str]:
-    """The command of a standby for ``invocation``; the spawner appends the job fd to it."""
-    return [invocation.executable, *invocation.flags, "-c", _STANDBY_LOADER, standby_boot.__file__]
+def standby_argv(invocation: PythonInvocation, preload: tuple[str, ...] = ()) -> list[str]:
+    """The command of a standby for ``invocation`` that imports ``preload`` while it waits;
+    the spawner appends the job fd to it."""
+    return [invocation.executable, *invocation.flags, "-c", _STANDBY_LOADER, standby_boot.__file__,
+            ",".join(preload)]
 
 
 def standby_job(invocation: PythonInvocation, launch: WorkerLaunch, env: dict, cwd: str) -> dict:
@@ -113,51 +143,79 @@ class StandbyPool:
     """Standby interpreters waiting to become the next attempt's program workers.
 
     A standby is only used for a worker whose interpreter command (executable and flags) is
-    the one it was started with, and only while the agent's environment is still the one it
-    started in (the interpreter reads PYTHON* variables at start-up); otherwise the pool is
-    dismissed and workers start cold.
+    the one it was started with, and whose environment, per-attempt values apart, is the one
+    it started with (:func:`standby_env`); otherwise it is dismissed and the worker starts
+    cold. Standbys for the same command but another preload set or environment replace the
+    waiting ones.
     """
 
     def __init__(self, spawner: ProgramSpawner) -> None:
         self._spawner = spawner
-        self._pids: list[int] = []
+        self._waiting: list[tuple[int, dict[str, str]]] = []  # (pid, its environment), oldest first
         self._argv: list[str] | None = None
-        self._env: dict[str, str] | None = None
 
     def __len__(self) -> int:
-        return len(self._pids)
+        return len(self._waiting)
 
     @property
     def pids(self) -> list[int]:
         """The waiting standbys' pids, oldest first (a copy)."""
-        return list(self._pids)
+        return [pid for pid, _ in self._waiting]
 
-    def fill(self, invocation: PythonInvocation, size: int) -> None:
-        """Start standbys for ``invocation`` until ``size`` are waiting."""
-        argv, env = standby_argv(invocation), dict(os.environ)
-        if (argv, env) != (self._argv, self._env):
+    @property
+    def preload(self) -> tuple[str, ...]:
+        """The modules the waiting standbys import ahead (empty when none wait)."""
+        if not self._waiting or self._argv is None:
+            return ()
+        return tuple(m for m in self._argv[-1].split(",") if m)
+
+    def fill(self, invocation: PythonInvocation, envs: list[dict[str, str]],
+             preload: tuple[str, ...] = ()) -> None:
+        """Have one standby waiting per environment in ``envs`` (each a worker's complete
+        environment; see :func:`standby_env`), each importing ``preload`` as it waits."""
+        argv = standby_argv(invocation, preload)
+        wanted = [standby_env(env) for env in envs]
+        if argv != self._argv:
             self.dismiss()
-        self._argv, self._env = argv, env
-        missing = size - len(self._pids)
-        if missing <= 0:
+        self._argv = argv
+        # Keep the waiting standbys that some wanted environment still matches.
+        keep, spare = [], list(self._waiting)
+        missing = []
+        for env in wanted:
+            match = next((w for w in spare if w[1] == env), None)
+            if match is None:
+                missing.append(env)
+            else:
+                spare.remove(match)
+                keep.append(match)
+        self._waiting = keep
+        self._spawner.dismiss([pid for pid, _ in spare])
+        if not missing:
             return
         display = [invocation.script] if invocation.script else ["-m", invocation.module]
-        request = {"argv": argv, "display": [*display, *invocation.args], "env": env, "cwd": os.getcwd()}
-        for result in self._spawner.start_standbys([request] * missing):
+        requests = [{"argv": argv, "display": [*display, *invocation.args], "env": env, "cwd": os.getcwd()}
+                    for env in missing]
+        for env, result in zip(missing, self._spawner.start_standbys(requests), strict=True):
             if result[0] == "ok":
-                self._pids.append(result[1])
+                self._waiting.append((result[1], env))
             else:
                 logger.warning("could not start a standby interpreter: %s", result[1])
 
-    def take(self, invocation: PythonInvocation) -> int | None:
-        """The pid of a standby that can run ``invocation`` now, or None."""
-        if not self._pids:
+    def take(self, invocation: PythonInvocation, env: dict[str, str]) -> int | None:
+        """The pid of a standby that can become the worker of ``invocation`` with the complete
+        environment ``env``, or None (then it starts cold)."""
+        if not self._waiting or self._argv is None:
             return None
-        if standby_argv(invocation) != self._argv or dict(os.environ) != self._env:
+        if standby_argv(invocation)[:-1] != self._argv[:-1]:
             self.dismiss()
             return None
-        return self._pids.pop(0)
+        wanted = standby_env(env)
+        for i, (pid, started_env) in enumerate(self._waiting):
+            if started_env == wanted:
+                del self._waiting[i]
+                return pid
+        return None
 
     def dismiss(self) -> None:
-        pids, self._pids = self._pids, []
-        self._spawner.dismiss(pids)
+        waiting, self._waiting = self._waiting, []
+        self._spawner.dismiss([pid for pid, _ in waiting])

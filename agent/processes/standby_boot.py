@@ -1,13 +1,20 @@
 """The boot of a standby interpreter: wait for a job, then become that worker.
 
-A standby runs as ``python <the worker's flags> -c LOADER <this file> <job fd> <display...>``
-(see ``standby.standby_argv``; the display arguments are there only so that ps shows what the
-standby is for). LOADER runs this module from its cached bytecode in a namespace of its own,
+A standby runs as ``python <the worker's flags> -c LOADER <this file> <preload> <job fd>
+<display...>`` (see ``standby.standby_argv``): ``preload`` names the modules to import while
+it waits, comma-separated (may be empty); the display arguments are the worker's script (or
+``-m module``) and arguments, so that ps shows what the standby is for. LOADER runs this module from its cached bytecode in a namespace of its own,
 never as ``agent.processes.standby_boot``: the worker must find neither our package in
 ``sys.modules`` nor anything else a plain ``python script.py`` would not have. So this module
 imports nothing of ours, and only what the interpreter has loaded at start-up anyway; the one
 exception is what a cold worker of the same job also loads at start-up: Elastiscope's
 sitecustomize and the optimizer-step hook it installs (see ``_arrange_progress_hook``).
+
+Before it waits it imports the preload modules with ``sys.path`` as the worker will have it
+(the script's directory first, or the working directory for ``-m``), in the worker's
+environment minus the per-attempt values (the agent started it so), so that they find what
+a cold worker's imports would find and read what they would read. A module that fails to
+import is left for the script to import (and fail on) itself.
 
 It reads its job from the pipe (a marshal'd dict, see ``standby.standby_job``), becomes the
 worker (cwd, environment, log files, argv, ``sys.path[0]``) and runs the program in a clean
@@ -19,11 +26,14 @@ import marshal
 import os
 import sys
 
-# The argument that holds the job fd: sys.argv is ["-c", <this file>, <job fd>, ...].
-_JOB_FD_ARG = 2
+# sys.argv is ["-c", <this file>, <preload>, <job fd>, <script> | -m <module>, ...].
+_PRELOAD_ARG = 2
+_JOB_FD_ARG = 3
+_DISPLAY_ARG = 4
 
 
 def main():
+    _preload(sys.argv[_PRELOAD_ARG], sys.argv[_DISPLAY_ARG:])
     job = _read_job(int(sys.argv[_JOB_FD_ARG]))
     if job is None:
         os._exit(0)
@@ -34,6 +44,20 @@ def main():
         _run_module(job)  # runpy fills the emptied __main__ itself
     else:
         _run_script(job, namespace)
+
+
+def _preload(modules, display):
+    """Import ``modules`` (comma-separated) from where the worker's imports will look."""
+    if not modules:
+        return
+    if not sys.flags.safe_path:
+        first = os.getcwd() if display[0] == "-m" else os.path.dirname(os.path.realpath(display[0]))
+        sys.path[0] = first
+    for name in modules.split(","):
+        try:
+            __import__(name)
+        except BaseException:  # noqa: BLE001 - the script meets the same error if it imports it
+            pass
 
 
 def _read_job(fd):
@@ -73,8 +97,9 @@ def _arrange_progress_hook():
         return
     try:
         if "sitecustomize" in sys.modules:
-            __import__("elastiscope.progress_hook")
-            sys.modules["elastiscope.progress_hook"].install()
+            for name in ("elastiscope.failure_exit", "elastiscope.progress_hook"):
+                __import__(name)
+                sys.modules[name].install()
         else:
             sys.path.insert(0, site_dir)  # ours takes its directory off sys.path again
             __import__("sitecustomize")

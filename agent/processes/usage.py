@@ -1,10 +1,11 @@
-"""A process's resource usage (CPU time, resident memory), read from ``/proc``."""
+"""A process's resource usage (CPU time, resident and proportional memory, mapped files), read
+from ``/proc``."""
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["read_usage"]
+__all__ = ["read_usage", "read_memory", "maps_file"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -32,3 +33,31 @@ def read_usage(pid: int) -> tuple[float, int] | None:
     if flags & _PF_EXITING or not rss_pages:  # exiting: its memory is gone or going
         return None
     return (utime + stime) / _CLOCK_TICKS, rss_pages * _PAGE_SIZE
+
+
+def read_memory(pid: int) -> tuple[int, int] | None:
+    """(resident bytes, proportional bytes) of ``pid``: RSS counts every page it maps, PSS
+    splits each shared page among the processes that map it. None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(b":")
+        if key in (b"Rss", b"Pss"):
+            values[key] = int(rest.split()[0]) * 1024
+    if b"Rss" not in values:
+        return None
+    return values[b"Rss"], values.get(b"Pss", values[b"Rss"])
+
+
+def maps_file(pid: int, fragment: str) -> bool:
+    """Whether ``pid`` has a file whose path contains ``fragment`` mapped (a loaded library)."""
+    needle = fragment.encode()
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            return any(needle in line for line in f)
+    except OSError:
+        return False

@@ -143,7 +143,7 @@ class WorkerSet:
                 "stderr": launch.stderr,
             }
             invocation = python_invocation(launch.entrypoint, launch.args) if standbys else None
-            standby = standbys.take(invocation) if invocation else None
+            standby = standbys.take(invocation, request["env"]) if invocation else None
             if standby is not None:
                 request["standby"] = standby
                 request["job"] = standby_job(invocation, launch, request["env"], cwd)

@@ -1,5 +1,6 @@
 """Elastiscope's start-up hook for workers (this directory is put first on a worker's
-PYTHONPATH by its agent): arrange the optimizer-step hook, then run the ``sitecustomize`` that
+PYTHONPATH by its agent): arrange the fast exit on an uncaught exception
+(:mod:`elastiscope.failure_exit`) and the optimizer-step hook, then run the ``sitecustomize`` that
 would have run without us, if any, and leave no trace of ours on ``sys.path``.
 """
 
@@ -13,6 +14,12 @@ try:
 
     progress_hook.install()
 except Exception:  # telemetry never breaks the job
+    pass
+try:  # apart: either works without the other
+    from elastiscope import failure_exit
+
+    failure_exit.install()
+except Exception:
     pass
 # The next sitecustomize on the path, as if this one were not there; without one, this one
 # stays the sitecustomize module (the import machinery expects to find one).
