@@ -37,6 +37,9 @@ __all__ = [
     "RESTART_FAILURE",
     "RESTART_MEMBERSHIP",
     "RESTART_REASONS",
+    "WORKER_STALLED",
+    "WORKER_STALL_ENDED",
+    "RESTART_STALL",
     "torch_status",
 ]
 
@@ -90,3 +93,10 @@ WORKER = "WORKER"
 RESTART_FAILURE = "failure"
 RESTART_MEMBERSHIP = "membership"
 RESTART_REASONS = (RESTART_FAILURE, RESTART_MEMBERSHIP)
+
+# ---- stalls (issue 14) --------------------------------------------------------------------
+WORKER_STALLED = "elastiscope.worker.stalled"
+WORKER_STALL_ENDED = "elastiscope.worker.stall_ended"
+# A restart because workers stopped progressing (--on-stall restart). Not in RESTART_REASONS:
+# its series appear with the first stall restart, not at 0 in every run.
+RESTART_STALL = "stall"

@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 from agent.api import WorkerSpec
 from agent.python_cmdline import parse_python_args
+from agent.stalls import StallPolicy
 from agent.cli.errors import JobError, UsageError, first_line
 from agent.cli.run_path import run_script_path
 from agent.cli.validate import (
@@ -195,7 +196,15 @@ def _agent_options(args: argparse.Namespace, logs_specs: Any) -> dict[str, Any]:
         shutdown_timeout=shutdown_timeout,
         warm_standby=not args.no_warm_standby,
         count_optimizer_steps=not args.no_progress,
+        stall_policy=_stall_policy(args),
     )
+
+
+def _stall_policy(args: argparse.Namespace) -> StallPolicy:
+    timeout = args.stall_timeout
+    return StallPolicy(timeout=timeout if isinstance(timeout, float) else None,
+                       first_step_timeout=args.first_step_timeout, action=args.on_stall,
+                       enabled=timeout is not None)
 
 
 def plan_launch(args: argparse.Namespace, nproc: int) -> LaunchPlan:

@@ -75,6 +75,8 @@ def _arrange_progress_hook():
         if "sitecustomize" in sys.modules:
             __import__("elastiscope.progress_hook")
             sys.modules["elastiscope.progress_hook"].install()
+            __import__("elastiscope.stack_dump")
+            sys.modules["elastiscope.stack_dump"].install()
         else:
             sys.path.insert(0, site_dir)  # ours takes its directory off sys.path again
             __import__("sitecustomize")

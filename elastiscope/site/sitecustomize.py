@@ -1,5 +1,5 @@
 """Elastiscope's start-up hook for workers (this directory is put first on a worker's
-PYTHONPATH by its agent): arrange the optimizer-step hook, then run the ``sitecustomize`` that
+PYTHONPATH by its agent): arrange the optimizer-step hook and the stack dump the agent may ask for, then run the ``sitecustomize`` that
 would have run without us, if any, and leave no trace of ours on ``sys.path``.
 """
 
@@ -13,6 +13,12 @@ try:
 
     progress_hook.install()
 except Exception:  # telemetry never breaks the job
+    pass
+try:
+    from elastiscope import stack_dump
+
+    stack_dump.install()
+except Exception:  # stacks are telemetry too
     pass
 # The next sitecustomize on the path, as if this one were not there; without one, this one
 # stays the sitecustomize module (the import machinery expects to find one).

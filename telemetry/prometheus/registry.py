@@ -99,6 +99,7 @@ class AgentMetrics:
         # A run that has spent no restart is 0 flaky; torch reports its flakiness only at the
         # end, and the last scrape before the agent exits may come too early to see it.
         self.child("elastiscope_flakiness_percent", role)
+        self.child("elastiscope_stalls_total", role)
 
     def count_events_from_zero(self, kinds: Iterable[tuple[str, str]] = EVENT_KINDS_AT_ZERO) -> None:
         """Create ``elastiscope_events_total{name, source}`` at 0 for each (name, source)."""
