@@ -60,7 +60,7 @@ def take_stacks(targets: dict[int, StackTarget], local_to_global: dict[int, int]
                        time.time())
 
 
-def _rank_fields(stack: WorkerStack, since: float | None) -> dict[str, Any]:
+def _rank_fields(stack: WorkerStack, since: float | None, taken_at: float) -> dict[str, Any]:
     loc = stack.location
     return {
         "local_rank": stack.local_rank, "pid": stack.pid, "where": loc.where, "detail": loc.detail,
@@ -68,6 +68,7 @@ def _rank_fields(stack: WorkerStack, since: float | None) -> dict[str, Any]:
         "function": loc.code.function if loc.code else None,
         "method": stack.method, "note": stack.note or None,
         "seconds_since_progress": None if since is None else round(since, 3),
+        "last_progress_time": None if since is None else round(taken_at - since, 3),
     }
 
 
@@ -104,10 +105,12 @@ def write_rank_files(report: StallReport, folders: dict[int, str], label: str) -
 
 
 def report_stall(identity: dict[str, Any], report: StallReport, stalled: list[int],
-                 since: dict[int, float], timeout: float | None, last_progress: float | None,
-                 action: str, files: dict[int, str], attempt: int) -> dict[str, Any]:
+                 since: dict[int, float], now: float, timeout: float | None,
+                 last_progress: float | None, action: str, files: dict[int, str],
+                 attempt: int) -> dict[str, Any]:
     """Emit ``elastiscope.worker.stalled``; returns its metadata. ``stalled`` and the keys of
-    ``since`` are global ranks."""
+    ``since`` (seconds without progress at ``now``, the moment the stall was found) are global
+    ranks."""
     first = report.suspects[0] if report.suspects else None
     first_loc = report.stacks[first].location if first is not None else None
     waiting = sorted(r for r, s in report.stacks.items() if s.location.where == COLLECTIVE)
@@ -122,11 +125,12 @@ def report_stall(identity: dict[str, Any], report: StallReport, stalled: list[in
         summary=report.summary(),
         stall_timeout=timeout,
         last_progress_time=last_progress,
+        found_time=round(now, 3),
         seconds_since_progress=round(max(since.values()), 3) if since else None,
         action=action,
         restart_count=attempt,
         capture_ms=report.capture_ms,
-        ranks=json.dumps({str(r): _rank_fields(s, since.get(r)) for r, s in sorted(report.stacks.items())}),
+        ranks=json.dumps({str(r): _rank_fields(s, since.get(r), now) for r, s in sorted(report.stacks.items())}),
         stacks=json.dumps({str(r): _main_stack_text(s) for r, s in sorted(report.stacks.items())}),
         stack_files=json.dumps({str(r): p for r, p in sorted(files.items())}),
     )
@@ -157,7 +161,7 @@ def stacks_payload(report: StallReport, since: dict[int, float]) -> dict[str, An
         "suspects": report.suspects,
         "summary": report.summary(),
         "ranks": [
-            {"rank": r, **_rank_fields(s, since.get(r)), "stack": s.text or None}
+            {"rank": r, **_rank_fields(s, since.get(r), report.taken_at), "stack": s.text or None}
             for r, s in sorted(report.stacks.items())
         ],
     }

@@ -94,7 +94,7 @@ class StallWatch:
         since = {self._global.get(lr, lr): s for lr, s in self.detector.seconds_since_progress(now).items()}
         last = [self.detector.last_progress(r) for r in new]
         metadata = report_stall(
-            identity, report, [self._global.get(r, r) for r in new], since,
+            identity, report, [self._global.get(r, r) for r in new], since, now,
             self.detector.timeout_for(new[0]) or self.policy.first_step_timeout,
             min((t for t in last if t), default=None), self.policy.action, files, self._attempt)
         return StallFound(self.policy.action, report, [self._global.get(r, r) for r in new], metadata)
@@ -120,6 +120,7 @@ class StallWatch:
             local_rank, pid, code = exit_codes[rank]
             failure = ProcessFailure(local_rank, pid, code if code is not None else -1, "<N/A>")
             failure.message = found.reason()
+            failure.error_file_data = {"message": failure.message}  # torch's FAILED event says it
             out[rank] = failure
         return out
 

@@ -15,9 +15,11 @@ from telemetry.names import (
     TORCH_FAILED,
     WORKER,
     WORKER_FAILED,
+    WORKER_STALL_ENDED,
+    WORKER_STALLED,
 )
-from telemetry.timeline.model import Failure, JobTimeline, LogEvent, RunSummary
-from telemetry.timeline.summary import failure_of
+from telemetry.timeline.model import Failure, JobTimeline, LogEvent, RunSummary, Stall
+from telemetry.timeline.summary import failure_of, json_list
 
 __all__ = ["render", "summaries_as_json", "render_jobs", "jobs_as_json"]
 
@@ -103,6 +105,13 @@ class _TimelineWriter:
             ranks = f" of rank(s) {', '.join(map(str, r.failed_ranks))}" if r and r.failed_ranks else ""
             return (f"restart #{r.number if r else '?'} ({md.get('reason')}{ranks}); "
                     f"{md.get('remaining_restarts')} left{took}")
+        if e.name == WORKER_STALLED:
+            return (f"STALLED rank(s) {', '.join(map(str, json_list(md.get('stalled_ranks'))))} "
+                    f"after {md.get('seconds_since_progress')} s without progress "
+                    f"(on stall: {md.get('action')}): {md.get('summary')}")
+        if e.name == WORKER_STALL_ENDED:
+            return (f"rank(s) {', '.join(map(str, json_list(md.get('ranks'))))} progress again "
+                    f"after {md.get('stalled_seconds')} s stalled")
         if e.name == RUN_END:
             return f"run ended: {md.get('state')} after {md.get('total_run_time')} s"
         if self.show_all:
@@ -163,6 +172,7 @@ def _summary_lines(run: RunSummary) -> list[str]:
                          f"{f.error or 'no error message'}{_attribution(f)}{_log_note(f)}")
     else:
         lines.append("failures: none")
+    lines.extend(_stall_lines(run.stalls))
     if run.rendezvous_ms:
         r = run.rendezvous_ms
         lines.append(f"rendezvous: {len(r)} round(s), mean {_ms(sum(r) / len(r))}, max {_ms(max(r))}")
@@ -171,6 +181,15 @@ def _summary_lines(run: RunSummary) -> list[str]:
         lines.append(f"restart to workers running: mean {_ms(sum(timed) / len(timed))}, max {_ms(max(timed))}")
     if run.endpoint_url:
         lines.append(f"endpoint: {run.endpoint_url}")
+    return lines
+
+
+def _stall_lines(stalls: list[Stall]) -> list[str]:
+    lines = [f"stalls: {len(stalls)}"] if stalls else []
+    for st in stalls:
+        suspects = ", ".join(map(str, st.suspect_ranks)) or "none named"
+        lines.append(f"  attempt {st.attempt}: suspect rank(s) {suspects} ({st.action}): {st.summary}")
+        lines.extend(f"    rank {rank} stacks: {path}" for rank, path in sorted(st.stack_files.items()))
     return lines
 
 

@@ -18,8 +18,9 @@ from telemetry.names import (
     TORCH_START,
     WORKER,
     WORKER_FAILED,
+    WORKER_STALLED,
 )
-from telemetry.timeline.model import Attempt, Failure, LogEvent, Restart, RunSummary
+from telemetry.timeline.model import Attempt, Failure, LogEvent, Restart, RunSummary, Stall
 
 __all__ = ["summarise", "failure_of", "first_error_line", "json_list"]
 
@@ -116,6 +117,7 @@ class _RunBuilder:
             RESTART: self.on_restart,
             STATE_CHANGE: self.on_state_change,
             RUN_END: self.on_run_end,
+            WORKER_STALLED: self.on_stalled,
         }
 
     def add(self, event: LogEvent) -> None:
@@ -193,6 +195,21 @@ class _RunBuilder:
         if event.metadata.get("state") == HEALTHY and self.open_restart is not None:
             self.open_restart.duration_ms = float(event.timestamp - self.open_restart.timestamp)
             self.open_restart = None
+
+    def on_stalled(self, event: LogEvent) -> None:
+        md = event.metadata
+        try:
+            files = json.loads(md.get("stack_files") or "{}")
+        except ValueError:
+            files = {}
+        self.run.stalls.append(Stall(
+            timestamp=event.timestamp, attempt=self.attempt.number if self.attempt else -1,
+            stalled_ranks=json_list(md.get("stalled_ranks")),
+            suspect_ranks=json_list(md.get("suspect_ranks")),
+            summary=str(md.get("summary") or ""), action=md.get("action"),
+            seconds_since_progress=md.get("seconds_since_progress"),
+            stack_files=files if isinstance(files, dict) else {},
+        ))
 
     def on_run_end(self, event: LogEvent) -> None:
         self.run.outcome = str(event.metadata.get("state") or "UNKNOWN")
