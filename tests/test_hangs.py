@@ -34,7 +34,7 @@ def _command(tmp_path, policy, *extra):
 
 def _env(tmp_path):
     (tmp_path / "ckpt").mkdir(exist_ok=True)
-    return {**os.environ, "CHECKPOINT_DIR": str(tmp_path / "ckpt"), "STEPS": "10", "HANG_AT_STEP": "4"}
+    return {**os.environ, "CHECKPOINT_DIR": str(tmp_path / "ckpt"), "STEPS": "10", "HANG_AT_STEP": "2"}
 
 
 def _events(tmp_path, name=None):

@@ -63,12 +63,20 @@ def _events(argv: Sequence[str]) -> int:
     return events_command(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": _run, "events": _events}
+def _stacks(argv: Sequence[str]) -> int:
+    from agent.cli.stacks import stacks_command
+
+    return stacks_command(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": _run, "events": _events, "stacks": _stacks}
 USAGE = f"""usage: {PROG} run [torchrun flags] [observability flags] SCRIPT [ARGS...]
        {PROG} events [PATH] [--json] [--all]
+       {PROG} stacks [URL|PATH] [--json]
 
   run      launch and supervise a distributed PyTorch job (a drop-in for torchrun)
   events   summarise a run from its event log
+  stacks   every worker's Python stack of a running job, without stopping it
 
 '{PROG} COMMAND --help' describes each command."""
 

@@ -15,7 +15,7 @@ import os
 from agent.cli.errors import UsageError
 from agent.cli.messages import PROG
 
-__all__ = ["build_run_parser", "build_events_parser", "is_off", "DEFAULT_RUNS_DIR",
+__all__ = ["build_run_parser", "build_events_parser", "build_stacks_parser", "is_off", "DEFAULT_RUNS_DIR",
            "DEFAULT_METRICS_LINGER", "NPROC_NAMES", "NUMA_MODES"]
 
 DEFAULT_RUNS_DIR = "runs"
@@ -330,6 +330,21 @@ def build_run_parser() -> argparse.ArgumentParser:
                    help="the training script (or module with -m, or program with --no-python)")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER,
                    help="arguments for the training script")
+    return p
+
+
+def build_stacks_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=f"{PROG} stacks",
+        description="Every worker's Python stack of a running job, read now without stopping it, "
+        "and where each rank is (collective, data loading, user code file:line, not responding).",
+    )
+    p.add_argument("target", nargs="?", metavar="URL|path",
+                   help="the run's endpoint URL, or its event log (a file, or a directory: its newest "
+                   f"log; default ./{DEFAULT_RUNS_DIR}), which names the endpoint")
+    p.add_argument("--token", action=_OurEnvValue, type=str, default=None, metavar="TOKEN",
+                   help="the endpoint's bearer token, if it requires one")
+    p.add_argument("--json", action="store_true", help="print the dump as JSON")
     return p
 
 
