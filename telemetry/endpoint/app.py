@@ -43,7 +43,7 @@ def create_app(
     ``metrics`` renders /metrics (default: ``telemetry.config.render_metrics``, the registry of
     the Prometheus sink attached to the pipeline); ``on_metrics_scrape`` is called after each
     /metrics response has been sent; ``stacks`` reads every worker's stack for /stacks
-    (None: /stacks answers 503).
+    (None: no /stacks route).
     """
     # The web stack, loaded here and not at import (see the module docstring).
     from fastapi import FastAPI
@@ -61,5 +61,6 @@ def create_app(
     routes.add_probe_routes(app, status_provider)
     routes.add_status_route(app, status_provider, protected)
     routes.add_event_routes(app, events, protected, stream_heartbeat_seconds)
-    routes.add_stacks_route(app, stacks, protected)
+    if stacks is not None:
+        routes.add_stacks_route(app, stacks, protected)
     return app

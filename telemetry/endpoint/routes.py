@@ -143,9 +143,9 @@ def add_status_route(app: FastAPI, status_provider: StatusProvider, protection: 
             raise HTTPException(503, f"status unavailable: {type(e).__name__}") from None
 
 
-def add_stacks_route(app: FastAPI, stacks_provider: Optional[StacksProvider], protection: Protection) -> None:
+def add_stacks_route(app: FastAPI, stacks_provider: StacksProvider, protection: Protection) -> None:
     """``/stacks``: every local worker's Python stack now (a bounded capture, nobody stopped),
-    or 503 when this agent cannot read stacks."""
+    or 503 while there are no workers to read."""
 
     @app.get(
         "/stacks",
@@ -155,8 +155,6 @@ def add_stacks_route(app: FastAPI, stacks_provider: Optional[StacksProvider], pr
         responses={503: {"model": Problem, "description": "stacks unavailable"}, **protection.responses},
     )
     def get_stacks():
-        if stacks_provider is None:
-            raise HTTPException(503, "stacks unavailable: this agent reads no worker stacks")
         try:
             return stacks_provider()
         except Exception as e:  # no workers yet, or mid-restart

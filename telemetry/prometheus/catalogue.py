@@ -39,6 +39,8 @@ EVENT_KINDS_AT_ZERO = (
     (names.RENDEZVOUS_COMPLETE, names.AGENT),
     (names.RESTART, names.AGENT),
     (names.WORKER_FAILED, names.WORKER),
+    (names.WORKER_STALLED, names.AGENT),
+    (names.WORKER_STALL_ENDED, names.AGENT),
 )
 
 # (outcome, retried) label values of elastiscope_runs_total: every way a run can finish.
@@ -103,7 +105,7 @@ CATALOGUE: tuple[Series, ...] = (
            "1 for the worker group's current state, 0 for the six others.",
            "elastiscope.agent.state_change; put_metric workers.<role>.<state>"),
     Series("elastiscope_restarts_total", "counter", ("role", "reason"),
-           "Worker group restarts by reason (failure, membership).", names.RESTART,
+           "Worker group restarts by reason (failure, membership, stall).", names.RESTART,
            zero=_AT_RUN_START_BY_REASON),
     Series("elastiscope_worker_failures_total", "counter", ("role", "local_rank", "exit_code", "signal"),
            "Worker process failures seen live by the monitor, by exit code or signal name "
