@@ -261,8 +261,11 @@ class LocalElasticAgent(SimpleElasticAgent):
         now = time.monotonic()
         if self._progress.poll_if_due(now):
             self._stalls.publish(time.time())
+            # At the read's pace: stalled workers that progress again, first-step deadlines.
+            if self._look_for_stalls(workers):
+                return
         deadline = now + interval
-        stall_due = self._stall_due(now)
+        stall_due = self._stall_due(now, workers)
         if stall_due is not None and stall_due < deadline:
             deadline = stall_due  # a stall is found at its deadline, not at the next pass
         while True:
@@ -275,8 +278,11 @@ class LocalElasticAgent(SimpleElasticAgent):
             if waited and workers.wait(min(wake, deadline) - now):
                 return
             now = time.monotonic()
-            if stall_due is not None and now >= stall_due and self._check_stalls(workers):
-                return
+            if stall_due is not None and now >= stall_due:
+                self._progress.poll()  # the records as they are at the deadline
+                if self._look_for_stalls(workers):
+                    return
+                stall_due = None
             if now >= deadline:
                 # The wait has just looked for exits and found none, so the monitor pass
                 # that follows need not look again. An exit in between is not delayed: it
@@ -284,14 +290,14 @@ class LocalElasticAgent(SimpleElasticAgent):
                 self._looked_for_exits = waited
                 return
 
-    def _stall_due(self, now: float) -> float | None:
-        """The monotonic moment a stall could be found, if any."""
-        due = self._stalls.due()
+    def _stall_due(self, now: float, workers: WorkerSet) -> float | None:
+        """The monotonic moment a running worker could be found stalled, if any."""
+        due = self._stalls.due({w.local_rank for w in workers.workers if w.running})
         return None if due is None else now + max(0.0, due - time.time())
 
-    def _check_stalls(self, workers: WorkerSet) -> bool:
-        """Read the records now and look for stalls; True when one needs the monitor."""
-        self._progress.poll()
+    def _look_for_stalls(self, workers: WorkerSet) -> bool:
+        """Look for stalls in the records as last read; True when one needs the monitor (the
+        policy restarts or fails; a reported stall needs nothing more)."""
         running = {w.local_rank for w in workers.workers if w.running}
         found = self._stalls.check(run_events.identity(self._worker_group), running, time.time())
         if found is None or found.action == "report":

@@ -62,9 +62,10 @@ class StallWatch:
         for local_rank in pids:
             put_metric(f"workers.{self.role}.worker.{local_rank}.progress.stalled", 0)
 
-    def due(self) -> float | None:
-        """When (epoch seconds) a check could find a stall; None: not before new progress."""
-        return self.detector.deadline()
+    def due(self, running: set[int]) -> float | None:
+        """When (epoch seconds) a check could find one of the ``running`` local ranks stalled;
+        None: not before new progress."""
+        return self.detector.deadline(running)
 
     def publish(self, now: float) -> None:
         """Seconds since each reporting worker's last progress (every progress poll)."""

@@ -138,9 +138,11 @@ class StallDetector:
             return self._started_at + self.policy.first_step_timeout
         return None
 
-    def deadline(self) -> float | None:
-        """The earliest moment (epoch seconds) a worker not yet stalled would be."""
-        moments = [d for d in map(self._deadline_of, self._ranks) if d is not None]
+    def deadline(self, running: set[int] | None = None) -> float | None:
+        """The earliest moment (epoch seconds) a worker not yet stalled would be, among the
+        ``running`` ones (None: all): an exited worker is never stalled."""
+        ranks = self._ranks if running is None else [r for r in self._ranks if r in running]
+        moments = [d for d in map(self._deadline_of, ranks) if d is not None]
         return min(moments) if moments else None
 
     def check(self, now: float, running: set[int]) -> tuple[list[int], list[int]]:

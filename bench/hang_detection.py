@@ -56,7 +56,12 @@ def sleep_forever():
         time.sleep(3600)
 deadline = time.time() + float(os.environ.get("BENCH_SECONDS", "0"))
 step = 0
-while mode == "hang" or time.time() < deadline:
+while True:
+    if mode != "hang":  # every rank stops at the same step: rank 0's clock decides
+        stop = torch.tensor([float(rank == 0 and time.time() >= deadline)])
+        dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item():
+            break
     if mode == "hang" and rank == 1 and step == {hang}:
         sleep_forever()
     model(torch.randn(8, 4)).sum().backward()

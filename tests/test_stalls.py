@@ -53,6 +53,8 @@ def test_explicit_timeout_names_the_rank_once_and_its_resumption():
 def test_a_worker_that_exited_is_not_stalled():
     d, _ = detector(timeout=5.0)
     d.observe(0, None, Snap(3, 1000.0), 1000.0)
+    assert d.deadline({0, 1}) == 1005.0
+    assert d.deadline({1}) is None  # the monitor does not wake for a worker that is gone
     assert d.check(2000.0, set()) == ([], [])
 
 
