@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from elastiscope.progress_layout import DURATION_BOUNDS, ProgressSnapshot
+from elastiscope.progress_layout import DURATION_BOUNDS, F_EXITING, ProgressSnapshot
 
 __all__ = ["StallPolicy", "StallDetector", "STALL_ACTIONS", "ON_STALL_DEFAULT", "AUTO_FLOOR_S",
            "AUTO_FACTOR", "AUTO_MIN_STEPS", "FIRST_STEP_TIMEOUT_S"]
@@ -77,6 +77,7 @@ class StallDetector:
         self._durations: dict[int, list[int]] = {}  # rank: finished attempts' bucket counts
         self._current: dict[int, tuple[int, ...]] = {}  # rank: this attempt's bucket counts
         self._reported_before: set[int] = set()
+        self._exiting: set[int] = set()  # ranks whose interpreter is shutting down: done
         self.stalled: dict[int, float] = {}  # rank: its last progress when found stalled
         self.stalls_total = 0
 
@@ -86,6 +87,7 @@ class StallDetector:
         self._started_at = self._clock()
         self._ranks = list(local_ranks)
         self._progress, self._steps, self._current, self.stalled = {}, {}, {}, {}
+        self._exiting = set()
 
     def attempt_ended(self, last: dict[int, ProgressSnapshot | None]) -> None:
         for rank, snap in last.items():
@@ -96,6 +98,7 @@ class StallDetector:
             for i, n in enumerate(snap.buckets):
                 counts[i] += n
         self._ranks, self._progress, self._steps, self._current, self.stalled = [], {}, {}, {}, {}
+        self._exiting = set()
 
     def observe(self, local_rank: int, previous: ProgressSnapshot | None,
                 current: ProgressSnapshot, now: float) -> None:
@@ -104,6 +107,8 @@ class StallDetector:
             self._progress[local_rank] = max(moment, self._progress.get(local_rank, 0.0))
         self._steps[local_rank] = current.steps
         self._current[local_rank] = current.buckets
+        if current.flags & F_EXITING:
+            self._exiting.add(local_rank)
 
     def polled(self, now: float) -> None:
         pass
@@ -129,7 +134,7 @@ class StallDetector:
         return rank in self._reported_before or any(self._steps.get(r) for r in self._ranks)
 
     def _deadline_of(self, rank: int) -> float | None:
-        if rank in self.stalled:
+        if rank in self.stalled or rank in self._exiting:
             return None
         timeout = self.timeout_for(rank)
         if timeout is not None and rank in self._progress:

@@ -9,14 +9,14 @@ import pytest
 from agent.stack_reading import (COLLECTIVE, DATA_LOADING, EXITED, NOT_RESPONDING, USER_CODE,
                                  Location, locate, parse_faulthandler, parse_py_spy, suspects)
 from agent.stalls import AUTO_FLOOR_S, AUTO_MIN_STEPS, StallDetector, StallPolicy
-from elastiscope.progress_layout import DURATION_BOUNDS
+from elastiscope.progress_layout import DURATION_BOUNDS, F_EXITING
 
 
 class Snap:
     """What the detector reads of a ProgressSnapshot."""
 
-    def __init__(self, steps, last_end, buckets=None, saved_time=0.0, loaded_time=0.0):
-        self.steps, self.last_end = steps, last_end
+    def __init__(self, steps, last_end, buckets=None, saved_time=0.0, loaded_time=0.0, flags=0):
+        self.steps, self.last_end, self.flags = steps, last_end, flags
         self.saved_time, self.loaded_time = saved_time, loaded_time
         self.buckets = tuple(buckets or [0] * (len(DURATION_BOUNDS) + 1))
 
@@ -54,8 +54,15 @@ def test_a_worker_that_exited_is_not_stalled():
     d, _ = detector(timeout=5.0)
     d.observe(0, None, Snap(3, 1000.0), 1000.0)
     assert d.deadline({0, 1}) == 1005.0
-    assert d.deadline({1}) is None  # the monitor does not wake for a worker that is gone
+    assert d.deadline(set()) is None  # the monitor does not wake for workers that are gone
     assert d.check(2000.0, set()) == ([], [])
+
+
+def test_a_worker_whose_interpreter_is_exiting_is_not_stalled():
+    """Its script is over: a slow exit (threads joined, stores closed) is not a hang."""
+    d, _ = detector(timeout=5.0)
+    d.observe(0, None, Snap(3, 1000.0, flags=F_EXITING), 1000.0)
+    assert d.deadline({0}) is None and d.check(2000.0, {0}) == ([], [])
 
 
 def test_a_worker_that_never_reports_is_never_stalled():
@@ -177,3 +184,15 @@ def test_bad_stall_flags_are_one_line(flags, says):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_worker_marks_its_record_when_its_interpreter_exits(tmp_path):
+    from elastiscope.progress_layout import CHANNEL_ENV, ProgressReader, create_record
+
+    record = str(tmp_path / "record")
+    create_record(record)
+    code = "from elastiscope import progress; progress.step(); progress.step()"
+    subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, CHANNEL_ENV: record},
+                   check=True, timeout=60)
+    snap = ProgressReader(record).read()
+    assert snap.steps == 2 and snap.flags & F_EXITING
