@@ -28,8 +28,7 @@ ALL_REDUCE_LINE = next(i for i, line in enumerate(SCRIPT.read_text().splitlines(
 def _command(tmp_path, policy, *extra):
     return [sys.executable, "-m", "agent", "run", "--standalone", "--nproc-per-node", "2",
             "--stall-timeout", "5", "--on-stall", policy, "--log-dir", str(tmp_path / "logs"),
-            "--event-log", str(tmp_path / "events.jsonl"), "--metrics-port", "off", *extra,
-            str(SCRIPT)]
+            "--event-log", str(tmp_path / "events.jsonl"), *extra, str(SCRIPT)]
 
 
 def _env(tmp_path):
@@ -65,7 +64,7 @@ def _check_stall_event(event):
 
 
 def test_on_stall_fail_names_rank_1_and_exits_non_zero(tmp_path):
-    proc = subprocess.run(_command(tmp_path, "fail"), env=_env(tmp_path), capture_output=True,
+    proc = subprocess.run(_command(tmp_path, "fail", "--metrics-port", "off"), env=_env(tmp_path), capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "stalled: no progress" in proc.stderr and f"{SCRIPT}:{SLEEP_LINE}" in proc.stderr
@@ -81,7 +80,8 @@ def test_on_stall_fail_names_rank_1_and_exits_non_zero(tmp_path):
 
 @pytest.mark.slow
 def test_on_stall_restart_resumes_from_the_checkpoint_and_exits_0(tmp_path):
-    proc = subprocess.run(_command(tmp_path, "restart", "--max-restarts", "1"), env=_env(tmp_path),
+    proc = subprocess.run(_command(tmp_path, "restart", "--max-restarts", "1", "--metrics-port", "off"),
+                          env=_env(tmp_path),
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed at step" in proc.stdout + proc.stderr
@@ -100,6 +100,13 @@ def test_on_stall_report_keeps_the_job_running(tmp_path):
     try:
         wait_until(lambda: _events(tmp_path, "elastiscope.worker.stalled"), 180, "the stalled event")
         _check_stall_event(_events(tmp_path, "elastiscope.worker.stalled")[0])
+        # On demand, through the endpoint the event log names: the same stacks, nobody stopped.
+        stacks = subprocess.run([sys.executable, "-m", "agent", "stacks", str(tmp_path / "events.jsonl"), "--json"],
+                                capture_output=True, text=True, timeout=120)
+        assert stacks.returncode == 0, stacks.stderr
+        dump = json.loads(stacks.stdout)
+        assert dump["suspects"] == [1]
+        assert {r["rank"]: r["where"] for r in dump["ranks"]} == {0: "collective", 1: "user_code"}
         time.sleep(2)  # not synchronisation: the job must still be running after a while
         assert proc.poll() is None
         assert not _events(tmp_path, "elastiscope.agent.restart")

@@ -1,6 +1,8 @@
 """Stall rules and stack reading, as plain data: the detector on a fake clock, the two stack
 formats, where a rank is and who the suspects are, and the flags' bad input."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -192,7 +194,18 @@ def test_a_worker_marks_its_record_when_its_interpreter_exits(tmp_path):
     record = str(tmp_path / "record")
     create_record(record)
     code = "from elastiscope import progress; progress.step(); progress.step()"
-    subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, CHANNEL_ENV: record},
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, CHANNEL_ENV: record},
                    check=True, timeout=60)
     snap = ProgressReader(record).read()
     assert snap.steps == 2 and snap.flags & F_EXITING
+
+
+def test_stacks_command_bad_input_is_one_line(tmp_path):
+    log = tmp_path / "run.jsonl"
+    log.write_text(json.dumps({"name": "elastiscope.agent.run_start", "source": "AGENT",
+                               "timestamp": 1, "metadata": {"run_id": "r"}}) + "\n")
+    for target, says in ((str(tmp_path / "missing.jsonl"), "not found"), (str(log), "no endpoint")):
+        proc = subprocess.run([sys.executable, "-m", "agent", "stacks", target],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
