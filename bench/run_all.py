@@ -639,15 +639,15 @@ def render_hang(results) -> list[str]:
     lines += _table(["launcher", "reported after s", "runs that reported it", "stack capture ms",
                      "exit (fail) after s"], rows)
     ours = h["launchers"][OURS]
-    lines += [f"Every run of ours named rank 1 as the suspect (at `{', '.join(map(str, ours['suspect_code']))}`) "
+    where = sorted({os.path.basename(str(code)) for code in ours["suspect_code"]})
+    lines += [f"Every run of ours named rank 1 as the suspect (at `{', '.join(where)}` of the job's script) "
               f"and rank 0 as waiting in all_reduce: {ours['named_rank_1_and_all_reduce']}."
               f"{_failures_note(h.get('failures'))}", ""]
     rows = [[label, _spread(c[label], 1000), ", ".join(c[label]["read_as"])] for label in ("py-spy", "faulthandler", "stopped")]
     lines += [f"Stack capture of 2 live sleeping workers (`agent.stacks.capture_stacks`; bound {c['bound_s']:g} s): "
               "read by py-spy, by the faulthandler fallback (py-spy unavailable), and both SIGSTOPped "
               "(not responding).", ""]
-    lines += _table(["how", "capture ms", "read as"], rows)
-    return lines + [""]
+    return lines + _table(["how", "capture ms", "read as"], rows)
 
 
 def render_loads(results) -> list[str]:

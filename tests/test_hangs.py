@@ -113,3 +113,14 @@ def test_on_stall_report_keeps_the_job_running(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+
+
+@pytest.mark.slow
+def test_on_stall_fail_kills_a_worker_that_ignores_sigterm_after_the_grace(tmp_path):
+    env = {**_env(tmp_path), "IGNORE_SIGTERM": "1"}
+    proc = subprocess.run(_command(tmp_path, "fail", "--metrics-port", "off", "--shutdown-timeout", "2"),
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    [stalled] = _events(tmp_path, "elastiscope.worker.stalled")
+    _check_stall_event(stalled)
+    assert "exitcode  : -9" in proc.stderr and "stalled: no progress" in proc.stderr

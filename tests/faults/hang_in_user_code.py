@@ -3,9 +3,11 @@
 
 Rank 0 checkpoints every step into ``CHECKPOINT_DIR`` (when set) and every rank resumes from
 it, so a restarted group finishes. ``STEPS`` steps in all, ``STEP_DELAY`` seconds each.
+``IGNORE_SIGTERM=1``: the sleeping rank ignores SIGTERM too (only SIGKILL ends it).
 """
 
 import os
+import signal
 import time
 
 import torch
@@ -38,6 +40,8 @@ def main():
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     for step in range(start, STEPS):
         if rank == 1 and step == HANG_AT_STEP and first_attempt:
+            if os.environ.get("IGNORE_SIGTERM") == "1":
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             sleep_forever()
         model(torch.randn(8, 4)).sum().backward()
         for p in model.parameters():
