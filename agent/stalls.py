@@ -34,6 +34,9 @@ AUTO_FACTOR = 10.0
 AUTO_QUANTILE = 0.99
 AUTO_MIN_STEPS = 10
 FIRST_STEP_TIMEOUT_S = 600.0
+# Ranks of one hang stop within a step of each other: those due this close after a rank found
+# stalled are found with it, so that one hang is one event with every rank's stack.
+GROUPING_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -155,12 +158,12 @@ class StallDetector:
         resumed = [r for r, since in self.stalled.items() if self._progress.get(r, 0.0) > since]
         for rank in resumed:
             del self.stalled[rank]
-        new = []
-        for rank in self._ranks:
-            deadline = self._deadline_of(rank)
-            if rank in running and deadline is not None and now >= deadline:
-                self.stalled[rank] = self._progress.get(rank, 0.0)
-                new.append(rank)
+        due = {r: d for r in self._ranks if r in running and (d := self._deadline_of(r)) is not None}
+        new = [r for r, d in due.items() if now >= d]
+        if new:
+            new = [r for r, d in due.items() if d <= now + GROUPING_S]
+        for rank in new:
+            self.stalled[rank] = self._progress.get(rank, 0.0)
         if new and len(self.stalled) == len(new):  # a new episode, not one growing
             self.stalls_total += 1
         return new, resumed

@@ -44,12 +44,20 @@ def test_explicit_timeout_names_the_rank_once_and_its_resumption():
     d.observe(1, None, Snap(3, 1001.0), 1001.0)
     assert d.deadline() == 1005.0
     assert d.check(1004.9, {0, 1}) == ([], [])
-    assert d.check(1005.0, {0, 1}) == ([0], [])
+    assert d.check(1005.0, {0, 1}) == ([0, 1], [])  # rank 1 is due within a second: one hang
     assert d.check(1005.5, {0, 1}) == ([], [])  # told once
-    assert d.check(1006.0, {0, 1}) == ([1], [])
-    assert d.stalls_total == 1  # one episode, grown by a rank
+    assert d.stalls_total == 1
     d.observe(0, None, Snap(4, 1007.0), 1007.0)
     assert d.check(1007.1, {0, 1}) == ([], [0])
+
+
+def test_ranks_that_stop_far_apart_are_two_findings_of_one_episode():
+    d, _ = detector(timeout=5.0)
+    d.observe(0, None, Snap(3, 1000.0), 1000.0)
+    d.observe(1, None, Snap(3, 1003.0), 1003.0)
+    assert d.check(1005.0, {0, 1}) == ([0], [])
+    assert d.check(1008.0, {0, 1}) == ([1], [])
+    assert d.stalls_total == 1  # one episode, grown by a rank
 
 
 def test_a_worker_that_exited_is_not_stalled():

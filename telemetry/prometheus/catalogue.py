@@ -198,7 +198,8 @@ CATALOGUE: tuple[Series, ...] = (
            "put_metric workers.<role>.worker.<local_rank>.progress.seconds_since_progress",
            when="after a worker's first step (local agent)"),
     Series("elastiscope_stalls_total", "counter", ("role",),
-           "Stalls found: each time workers that were progressing are found stalled.",
+           "Stalls found (each elastiscope.worker.stalled event; workers due within a second of "
+           "each other are found together).",
            names.WORKER_STALLED, zero="at run start"),
     Series("elastiscope_events_total", "counter", ("name", "source"),
            "Events published, by event name and source.", "every event",
