@@ -150,7 +150,8 @@ def _watch(name: str, proc: subprocess.Popen, workdir: Path, err_path: Path, lim
                         "suspect_code": md["suspect_code"],
                         "exit_after_s": _exit_after(proc, last, limit)}
             if name == THEIRS and err_path.stat().st_size > said_before:
-                return {"reported": True, "report_after_s": now - last, "first_words": err_path.read_text()[said_before:][:200]}
+                said = err_path.read_text()[said_before:][:200]
+                return {"reported": True, "report_after_s": now - last, "first_words": said}
             if now - last > limit:
                 row["report_after_s"] = None
                 return row
@@ -185,7 +186,8 @@ def measure_hang(reps: int, limit: float, stall_timeout: float, progress=None) -
         if name == OURS:
             summary["capture_s"] = common.summarize([row["capture_s"] for row in r if "capture_s" in row])
             summary["exit_after_s"] = common.summarize([row["exit_after_s"] for row in r if row.get("exit_after_s")])
-            summary["named_rank_1_and_all_reduce"] = all(row.get("suspect_rank_1") and row.get("rank_0_in_all_reduce") for row in r)
+            summary["named_rank_1_and_all_reduce"] = all(
+                row.get("suspect_rank_1") and row.get("rank_0_in_all_reduce") for row in r)
             summary["suspect_code"] = sorted({row.get("suspect_code") for row in r})
         out["launchers"][name] = summary
     return out
