@@ -1,4 +1,5 @@
-"""The ``elastiscope`` command: ``run`` (a drop-in for ``torchrun``) and ``events`` (read a run's log).
+"""The ``elastiscope`` command: ``run`` (a drop-in for ``torchrun``), ``events`` (read a run's log)
+and ``stacks`` (a running job's stacks).
 
 ``elastiscope run [torchrun flags] [observability flags] SCRIPT [ARGS]`` takes every flag of
 torch 2.13's ``torchrun`` with the same meaning, defaults and ``PET_*`` environment variables,
@@ -28,7 +29,7 @@ first request or a second after the workers are running, so they never delay a j
 
 The package: ``arguments`` (the parsers), ``validate`` (bad input to one-line errors), ``spec``
 (what to launch), ``run`` (one run, start to finish), ``run_path`` (the worker side of
-``--run-path``), ``events`` (the events command), ``errors`` and ``messages`` (how the command
+``--run-path``), ``events`` and ``stacks`` (those commands), ``errors`` and ``messages`` (how the command
 ends and what it says), and here the dispatch to a command and the console script.
 """
 
