@@ -622,18 +622,19 @@ class SimpleElasticAgent(ElasticAgent):
                 return run_result
 
             if state in (WorkerState.UNHEALTHY, WorkerState.FAILED):
-                if self._remaining_restarts > 0:
+                reason = self._restart_reason(run_result)
+                if self._remaining_restarts > 0 and reason is not None:
                     logger.info(
                         "[%s] worker group %s; %s/%s restarts left, restarting",
                         role, state.name, self._remaining_restarts, spec.max_restarts,
                     )
                     self._remaining_restarts -= 1
                     run_events.restart(
-                        self._worker_group, names.RESTART_FAILURE, self._remaining_restarts,
+                        self._worker_group, reason, self._remaining_restarts,
                         failed_ranks=run_result.failures.keys(),
                         attribution=self._failure_attribution(),
                     )
-                    with run_spans.step(run_spans.RESTART, role, reason=names.RESTART_FAILURE):
+                    with run_spans.step(run_spans.RESTART, role, reason=reason):
                         self._restart_workers(self._worker_group)
                 else:
                     with run_spans.step(run_spans.STOP_WORKERS, role):
@@ -657,6 +658,12 @@ class SimpleElasticAgent(ElasticAgent):
                         self._restart_workers(self._worker_group)
             else:
                 raise Exception(f"[{role}] Worker group in {state.name} state")  # noqa: TRY002
+
+    def _restart_reason(self, run_result: RunResult) -> str | None:
+        """Why an UNHEALTHY or FAILED group would be restarted (``names.RESTART_*``), or None
+        when it must not be, whatever restarts are left. torch restarts every such group for
+        a failure; a subclass that stops a group for another cause (a stall) says so here."""
+        return names.RESTART_FAILURE
 
     def _failure_attribution(self) -> dict[str, Any]:
         """The job's root cause for restart and run-end events; torch's agent knows none.

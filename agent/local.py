@@ -47,9 +47,11 @@ from agent.processes import (
 )
 from agent.goodput import GoodputView
 from agent.progress import SITE_DIR, ProgressChannels, ProgressMetrics
+from agent.stall_watch import StallFound, StallWatch, dump_file_for, log_folder
+from agent.stalls import StallPolicy
 from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
 from agent.standby_preload import DEFAULT_MEMORY_LIMIT, StandbyPreload
-from agent.worker_env import progress_env, substitute_local_rank, worker_env
+from agent.worker_env import progress_env, stack_dump_env, substitute_local_rank, worker_env
 from agent.worker_failures import FailureReporter, failed_at
 from agent.worker_logs import log_tee_for
 from agent.worker_status import group_status
@@ -111,6 +113,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         preload: tuple[str, ...] = (),
         preload_torch: bool = True,
         standby_memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+        stall_policy: StallPolicy | None = None,
     ):
         super().__init__(spec, exit_barrier_timeout, shutdown_timeout)
         self._logs_specs = logs_specs if logs_specs is not None else DefaultLogsSpecs()
@@ -138,7 +141,11 @@ class LocalElasticAgent(SimpleElasticAgent):
         # Each worker's progress record (agent/progress.py), read from the monitor loop.
         # Goodput: the run's wall time split by reason, from progress and the run's moments.
         self._goodput = GoodputView(spec.role, self._publish_agent_event)
-        self._progress = ProgressChannels([ProgressMetrics(spec.role), self._goodput])
+        # Stalls (agent/stall_watch.py): found from the same records, acted on by the monitor.
+        self._stalls = StallWatch(stall_policy or StallPolicy(), spec.role, self._goodput.stalled)
+        self._stall_found: StallFound | None = None
+        self._stall_verdict: str | None = None  # what the run loop does with a stall's result
+        self._progress = ProgressChannels([ProgressMetrics(spec.role), self._goodput, self._stalls.detector])
         self._progress_site = SITE_DIR if count_optimizer_steps else None
 
     # ---- the run -----------------------------------------------------------------------
@@ -172,7 +179,8 @@ class LocalElasticAgent(SimpleElasticAgent):
         records = self._progress.begin_attempt(restart_count, [w.local_rank for w in worker_group.workers])
         envs = {
             worker.local_rank: {**worker_env(worker_group, worker, restart_count),
-                                **progress_env(records.get(worker.local_rank), self._progress_site)}
+                                **progress_env(records.get(worker.local_rank), self._progress_site),
+                                **stack_dump_env(dump_file_for(records.get(worker.local_rank)))}
             for worker in worker_group.workers
         }
         # Creates this attempt's log directories and adds TORCHELASTIC_ERROR_FILE to envs.
@@ -203,6 +211,12 @@ class LocalElasticAgent(SimpleElasticAgent):
         with self._status_lock:
             self._workers = workers
         self._worker_pids = frozenset(workers.pids().values())
+        self._stall_found = None
+        self._stalls.begin_attempt(
+            restart_count, workers.pids(),
+            {lr: dump_file_for(records.get(lr)) for lr in envs},
+            {lr: log_folder(logs.error_files.get(lr)) for lr in envs},
+            {w.local_rank: w.global_rank for w in worker_group.workers})
         self._all_running = True
         self._looked_for_exits = False
         self._log_tee = log_tee_for(worker_group, logs, self._log_line_prefix_template).start()
@@ -271,8 +285,15 @@ class LocalElasticAgent(SimpleElasticAgent):
         # Runs ten times a second for the whole job: in the common case one wait, and chores
         # (standbys, resource samples) only when one is due.
         now = time.monotonic()
-        self._progress.poll_if_due(now)
+        if self._progress.poll_if_due(now):
+            self._stalls.publish(time.time())
+            # At the read's pace: stalled workers that progress again, first-step deadlines.
+            if self._look_for_stalls(workers):
+                return
         deadline = now + interval
+        stall_due = self._stall_due(now, workers)
+        if stall_due is not None and stall_due < deadline:
+            deadline = stall_due  # a stall is found at its deadline, not at the next pass
         while True:
             if now >= self._next_sample or (self._standby_due is not None and now >= self._standby_due):
                 self._do_due_chores(workers, now)
@@ -283,12 +304,34 @@ class LocalElasticAgent(SimpleElasticAgent):
             if waited and workers.wait(min(wake, deadline) - now):
                 return
             now = time.monotonic()
+            if stall_due is not None and now >= stall_due:
+                self._progress.poll()  # the records as they are at the deadline
+                if self._look_for_stalls(workers):
+                    return
+                stall_due = None
             if now >= deadline:
                 # The wait has just looked for exits and found none, so the monitor pass
                 # that follows need not look again. An exit in between is not delayed: it
                 # makes the next wait return at once.
                 self._looked_for_exits = waited
                 return
+
+    def _stall_due(self, now: float, workers: WorkerSet) -> float | None:
+        """The monotonic moment a running worker could be found stalled, if any."""
+        due = self._stalls.due({w.local_rank for w in workers.workers if w.running})
+        return None if due is None else now + max(0.0, due - time.time())
+
+    def _look_for_stalls(self, workers: WorkerSet) -> bool:
+        """Look for stalls in the records as last read; True when one needs the monitor (the
+        policy restarts or fails; a reported stall needs nothing more)."""
+        running = {w.local_rank for w in workers.workers if w.running}
+        found = self._stalls.check(run_events.identity(self._worker_group), running, time.time())
+        if found is None or found.action == "report":
+            return False
+        self._stall_found = found
+        # Restart or fail: from here to the next first step is the stall's restart badput.
+        self._goodput.interrupted(time.time(), names.RESTART_STALL)
+        return True
 
     def _do_due_chores(self, workers: WorkerSet, now: float) -> None:
         if self._standby_due is not None and now >= self._standby_due:
@@ -314,7 +357,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             self._looked_for_exits = False
         elif workers.collect():
             self._all_running = False
-        if self._all_running:
+        if self._all_running and self._stall_found is None:
             return RunResult(state=WorkerState.HEALTHY)
         self._progress.poll()  # exits seen: their last steps are in the records now
         role = worker_group.spec.role
@@ -338,7 +381,32 @@ class LocalElasticAgent(SimpleElasticAgent):
                 for proc in workers.workers
             }
             return RunResult(state=WorkerState.SUCCEEDED, return_values=return_values)
+        if self._stall_found is not None:
+            return self._act_on_stall(worker_group)
         return RunResult(state=WorkerState.HEALTHY)
+
+    def _act_on_stall(self, worker_group: WorkerGroup) -> RunResult:
+        """The stall's stacks are kept already; now the policy: a restart with reason stall
+        while restarts are left, else stop the workers and fail with the stall as reason."""
+        found, self._stall_found = self._stall_found, None
+        if found.action == "restart" and self._remaining_restarts > 0:
+            self._stall_verdict = "restart"
+            return RunResult(state=WorkerState.UNHEALTHY)
+        logger.error("[%s] %s; stopping the workers", worker_group.spec.role, found.reason())
+        self._stop_processes(signal.SIGTERM, self._shutdown_timeout)
+        workers = self._workers
+        codes = {worker_group.workers[p.local_rank].global_rank: (p.local_rank, p.pid, p.exit_code)
+                 for p in (workers.workers if workers is not None else [])}
+        self._stall_verdict = "fail"
+        return RunResult(state=WorkerState.FAILED, failures=StallWatch.failures(found, codes))
+
+    def _restart_reason(self, run_result: RunResult) -> str | None:
+        verdict, self._stall_verdict = self._stall_verdict, None
+        if verdict == "fail":
+            return None
+        if verdict == "restart":
+            return names.RESTART_STALL
+        return super()._restart_reason(run_result)
 
     def _failure_attribution(self) -> dict[str, Any]:
         return self._failures.attribution()
@@ -424,3 +492,8 @@ class LocalElasticAgent(SimpleElasticAgent):
         with self._status_lock:
             workers = self._workers
         return group_status(self._worker_group, workers, self._remaining_restarts, self._progress.status())
+
+    def stacks_snapshot(self) -> dict[str, Any]:
+        """Every running worker's Python stack now (``/stacks``, ``elastiscope stacks``): read
+        without stopping anyone, from any thread, in a bounded time."""
+        return self._stalls.stacks_now()

@@ -91,10 +91,13 @@ class ProgressChannels:
         for observer in self.observers:
             observer.attempt_ended(last)
 
-    def poll_if_due(self, now: float) -> None:
+    def poll_if_due(self, now: float) -> bool:
+        """Poll if the interval has passed; True when it did."""
         if self._readers and now >= self._next_poll:
             self._next_poll = now + self._interval
             self.poll()
+            return True
+        return False
 
     def poll(self) -> None:
         """Read every record now and hand what changed to the observers."""

@@ -7,9 +7,10 @@ from string import Template
 from typing import Any
 
 from elastiscope.progress_layout import AUTO_STEPS_ENV, CHANNEL_ENV
+from elastiscope.stack_dump import STACK_FILE_ENV
 from telemetry import tracing
 
-__all__ = ["worker_env", "local_rank_env", "substitute_local_rank", "progress_env"]
+__all__ = ["worker_env", "local_rank_env", "substitute_local_rank", "progress_env", "stack_dump_env"]
 
 
 def worker_env(worker_group: Any, worker: Any, restart_count: int) -> dict[str, str]:
@@ -61,6 +62,12 @@ def progress_env(record: str | None, site_dir: str | None) -> dict[str, str]:
         env["PYTHONPATH"] = f"{site_dir}{os.pathsep}{path}" if path else site_dir
         env[PROGRESS_SITE_ENV] = site_dir
     return env
+
+
+def stack_dump_env(dump_file: str | None) -> dict[str, str]:
+    """Where the worker's faulthandler writes its stacks when the agent asks (see
+    elastiscope/stack_dump.py): armed at start-up by our sitecustomize."""
+    return {STACK_FILE_ENV: dump_file} if dump_file else {}
 
 
 def local_rank_env(local_rank: int, virtual_local_rank: bool) -> dict[str, str]:

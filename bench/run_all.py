@@ -8,7 +8,7 @@
 Sections: import_cost, launch, restart (restart and failure detection latency, from the same
 crash-once runs), recovery (time to recovery of a real DDP job, bench/recovery.py), steady (agent CPU and memory with sleeping workers), hotpath (telemetry
 record/put_metric), endpoint (/metrics under concurrent load), scaling (workers, nodes, event
-rates). Launchers alternate within each section (A/B, several repetitions); the page gives
+rates), hang (the same hang under both: time until anything reports it; stack capture). Launchers alternate within each section (A/B, several repetitions); the page gives
 medians with min-max, the machine, and the load average around every section. Raw results
 go to docs/bench/results.json, plots to docs/bench/*.png (tables only without matplotlib).
 """
@@ -27,13 +27,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import detection_latency  # noqa: E402
+import hang_detection  # noqa: E402
 import recovery  # noqa: E402
 import scaling  # noqa: E402
 from common import OURS, THEIRS  # noqa: E402
 
-SECTIONS = ("import_cost", "launch", "restart", "recovery", "steady", "hotpath", "endpoint", "scaling")
+SECTIONS = ("import_cost", "launch", "restart", "recovery", "steady", "hotpath", "endpoint", "scaling", "hang")
 # Repetitions per section: (full, quick).
-REPS = {"import_cost": (15, 2), "launch": (7, 2), "restart": (9, 3), "recovery": (5, 2), "steady": (5, 2)}
+REPS = {"import_cost": (15, 2), "launch": (7, 2), "restart": (9, 3), "recovery": (5, 2), "steady": (5, 2),
+        "hang": (3, 1)}
+HANG_LIMIT_S = (60.0, 20.0)  # how long torchrun is given to report the hang (full, quick)
 STEADY_WINDOW_S = (10.0, 3.0)
 CPU_PARTS = ("launcher_main_thread", "launcher_other_threads", "helper_processes")
 HOTPATH_CALLS = (100_000, 20_000)
@@ -107,11 +110,17 @@ def measure_scaling(args) -> dict:
     return scaling.run(quick=args.quick, reps=args.reps, progress=say)
 
 
+def measure_hang(args) -> dict:
+    reps, limit = _reps("hang", args), HANG_LIMIT_S[1 if args.quick else 0]
+    return {"hang": hang_detection.measure_hang(reps, limit, 5.0, progress=say),
+            "capture": hang_detection.measure_capture()}
+
+
 MEASURE = {
     "import_cost": measure_import_cost, "launch": measure_launch, "restart": measure_restart,
     "recovery": measure_recovery,
     "steady": measure_steady, "hotpath": measure_hotpath, "endpoint": measure_endpoint,
-    "scaling": measure_scaling,
+    "scaling": measure_scaling, "hang": lambda args: measure_hang(args),
 }
 
 
@@ -625,6 +634,39 @@ def _render_events(ev, results) -> list[str]:
     return lines
 
 
+def render_hang(results) -> list[str]:
+    r = _result(results, "hang")
+    lines = ["## Hang detection", "",
+             "The hang of issue 14 (`bench/hang_detection.py`): 2 workers over gloo; at step 5 rank 1 "
+             "sleeps forever in user code while rank 0 waits in an all-reduce. Measured from rank 1's last "
+             "step end (stamped by the worker) until the launcher reports anything: ours with "
+             "`--stall-timeout 5 --on-stall fail` (the `elastiscope.worker.stalled` event's timestamp); "
+             "torchrun says nothing until gloo's collective timeout (30 minutes by default), so its "
+             "figure is bounded by the benchmark's limit.", ""]
+    if not r:
+        return lines + [_missing(results, "hang"), ""]
+    h, c = r["hang"], r["capture"]
+    rows = []
+    for name in common.LAUNCHER_NAMES:
+        s = h["launchers"][name]
+        told = _spread(s["report_after_s"], 1, 2) if s["reported_runs"] else f"nothing within {h['limit_s']:g} s"
+        rows.append([name, told, f"{s['reported_runs']}/{s['runs']}",
+                     _spread(s.get("capture_s"), 1000) if name == OURS else "–",
+                     _spread(s.get("exit_after_s"), 1, 2) if name == OURS else "–"])
+    lines += _table(["launcher", "reported after s", "runs that reported it", "stack capture ms",
+                     "exit (fail) after s"], rows)
+    ours = h["launchers"][OURS]
+    where = sorted({os.path.basename(str(code)) for code in ours["suspect_code"]})
+    lines += [f"Every run of ours named rank 1 as the suspect (at `{', '.join(where)}` of the job's script) "
+              f"and rank 0 as waiting in all_reduce: {ours['named_rank_1_and_all_reduce']}."
+              f"{_failures_note(h.get('failures'))}", ""]
+    rows = [[label, _spread(c[label], 1000), ", ".join(c[label]["read_as"])] for label in ("py-spy", "faulthandler", "stopped")]
+    lines += [f"Stack capture of 2 live sleeping workers (`agent.stacks.capture_stacks`; bound {c['bound_s']:g} s): "
+              "read by py-spy, by the faulthandler fallback (py-spy unavailable), and both SIGSTOPped "
+              "(not responding).", ""]
+    return lines + _table(["how", "capture ms", "read as"], rows)
+
+
 def render_loads(results) -> list[str]:
     rows = [[s, e.get("date", "–"), e.get("load_average_before"), e.get("load_average_after"), e.get("seconds"),
              "error: " + e["error"] if "error" in e else "ok"] for s, e in results["sections"].items()]
@@ -654,8 +696,8 @@ def render(results: dict) -> str:
              "several repetitions each; tables give medians with min–max.", ""]
     if results.get("_plot_note"):
         lines += [f"> {results['_plot_note']}", ""]
-    parts = (render_machine, render_goals, render_launch, render_restart, render_recovery, render_steady, render_import_cost,
-             render_hotpath, render_endpoint, render_scaling, render_loads)
+    parts = (render_machine, render_goals, render_launch, render_restart, render_recovery, render_steady,
+             render_import_cost, render_hotpath, render_endpoint, render_scaling, render_hang, render_loads)
     for part in parts:
         lines += part(results)
     return "\n".join(lines).rstrip() + "\n"

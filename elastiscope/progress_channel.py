@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 
-from elastiscope.progress_layout import CHANNEL_ENV, ProgressWriter
+from elastiscope.progress_layout import CHANNEL_ENV, F_EXITING, ProgressWriter
 
 __all__ = ["channel"]
 
@@ -34,7 +35,15 @@ class _Channel:
                 self._writer = ProgressWriter(path)
             except (OSError, ValueError):
                 pass  # telemetry never breaks the job: no record, no reports
+            else:
+                # Once, at the first report: the agent must not take a slow exit for a stall.
+                atexit.register(self._exiting)
         return self._writer
+
+    def _exiting(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.set_flag(F_EXITING)
 
     def _forget(self) -> None:
         self._writer, self._looked = None, True

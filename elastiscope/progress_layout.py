@@ -50,6 +50,9 @@ S_END = S_SCALARS + SCALAR_STRIDE * MAX_SCALARS
 
 F_EXPLICIT_STEPS = 1  # the script reports its steps itself: the optimizer hook stands aside
 F_EXPLICIT_GLOBAL = 2  # the script set the global step: counted from there
+# Stalls (issue 14): the interpreter is shutting down (set from atexit): the training is over,
+# so a slow exit (threads joined, stores closed) is not a stall.
+F_EXITING = 4
 
 
 class ProgressWriter:

@@ -37,6 +37,9 @@ __all__ = [
     "RESTART_FAILURE",
     "RESTART_MEMBERSHIP",
     "RESTART_REASONS",
+    "WORKER_STALLED",
+    "WORKER_STALL_ENDED",
+    "RESTART_STALL",
     "torch_status",
     "FIRST_STEP",
     "ATTEMPT_GOODPUT",
@@ -113,3 +116,9 @@ BADPUT_LOST_PROGRESS = "lost_progress"  # steps redone after a resume; the step 
 BADPUT_SHUTDOWN = "shutdown"  # the last step -> run end, when no restart follows
 BADPUT_REASONS = (BADPUT_STARTUP, BADPUT_RENDEZVOUS, BADPUT_RESTART, BADPUT_STALL,
                   BADPUT_LOST_PROGRESS, BADPUT_SHUTDOWN)
+# ---- stalls (issue 14) --------------------------------------------------------------------
+WORKER_STALLED = "elastiscope.worker.stalled"
+WORKER_STALL_ENDED = "elastiscope.worker.stall_ended"
+# A restart because workers stopped progressing (--on-stall restart). Not in RESTART_REASONS:
+# its series appear with the first stall restart, not at 0 in every run.
+RESTART_STALL = "stall"

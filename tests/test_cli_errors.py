@@ -169,7 +169,7 @@ def test_unknown_command(tmp_path):
     result = elastiscope("launch", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "elastiscope: error: unknown command 'launch' (expected one of: run, events)"
+        "elastiscope: error: unknown command 'launch' (expected one of: run, events, stacks)"
     ]
 
 

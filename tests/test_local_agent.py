@@ -252,6 +252,8 @@ def test_a_restarted_worker_from_a_standby_runs_like_a_fresh_interpreter(
         cold_env.pop("TORCHELASTIC_ERROR_FILE"), warm_env.pop("TORCHELASTIC_ERROR_FILE")
         # Each attempt has progress records of its own.
         assert cold_env.pop("ELASTISCOPE_PROGRESS_FILE") != warm_env.pop("ELASTISCOPE_PROGRESS_FILE")
+        # ... and stack dump files of their own (agent/stall_watch.py).
+        assert cold_env.pop("ELASTISCOPE_STACK_FILE") != warm_env.pop("ELASTISCOPE_STACK_FILE")
         assert warm_env == cold_env
 
 

@@ -17,6 +17,7 @@ REQUIRED_ALERTS = {
     "agent absent while its job should run": "ElastiscopeAgentAbsent",
     "telemetry dropping": "ElastiscopeTelemetryDropping",
     "goodput under a threshold": "ElastiscopeGoodputLow",
+    "training stalled (a hang)": "ElastiscopeTrainingStalled",
 }
 
 

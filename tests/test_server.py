@@ -414,7 +414,15 @@ def _fuzz_app():
     for r in range(3):
         sink.emit(failed_event(r))
     sink.emit(Event("odd", EventSource.AGENT, 2, {"inf": float("inf"), "obj": "x"}))
-    return create_app(healthy_status, sink)
+    return create_app(healthy_status, sink, stacks=_two_ranks_stacks)
+
+
+def _two_ranks_stacks():
+    rank = {"local_rank": 0, "pid": 10, "where": "collective", "detail": "all_reduce",
+            "code": "/jobs/train.py:44", "function": "main", "method": "py-spy", "note": None,
+            "seconds_since_progress": 6.0, "last_progress_time": 1.0, "stack": "..."}
+    return {"taken_at": 7.0, "capture_ms": 80.0, "suspects": [1], "summary": "suspect rank 1",
+            "ranks": [{"rank": 0, **rank}, {**rank, "rank": 1, "local_rank": 1, "where": "user_code"}]}
 
 
 try:

@@ -1,4 +1,5 @@
-"""The ``elastiscope`` command: ``run`` (a drop-in for ``torchrun``) and ``events`` (read a run's log).
+"""The ``elastiscope`` command: ``run`` (a drop-in for ``torchrun``), ``events`` (read a run's log)
+and ``stacks`` (a running job's stacks).
 
 ``elastiscope run [torchrun flags] [observability flags] SCRIPT [ARGS]`` takes every flag of
 torch 2.13's ``torchrun`` with the same meaning, defaults and ``PET_*`` environment variables,
@@ -28,7 +29,7 @@ first request or a second after the workers are running, so they never delay a j
 
 The package: ``arguments`` (the parsers), ``validate`` (bad input to one-line errors), ``spec``
 (what to launch), ``run`` (one run, start to finish), ``run_path`` (the worker side of
-``--run-path``), ``events`` (the events command), ``errors`` and ``messages`` (how the command
+``--run-path``), ``events`` and ``stacks`` (those commands), ``errors`` and ``messages`` (how the command
 ends and what it says), and here the dispatch to a command and the console script.
 """
 
@@ -63,12 +64,20 @@ def _events(argv: Sequence[str]) -> int:
     return events_command(argv)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": _run, "events": _events}
+def _stacks(argv: Sequence[str]) -> int:
+    from agent.cli.stacks import stacks_command
+
+    return stacks_command(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": _run, "events": _events, "stacks": _stacks}
 USAGE = f"""usage: {PROG} run [torchrun flags] [observability flags] SCRIPT [ARGS...]
        {PROG} events [PATH] [--json] [--all]
+       {PROG} stacks [URL|PATH] [--json]
 
   run      launch and supervise a distributed PyTorch job (a drop-in for torchrun)
   events   summarise a run from its event log
+  stacks   every worker's Python stack of a running job, without stopping it
 
 '{PROG} COMMAND --help' describes each command."""
 

@@ -15,7 +15,7 @@ import os
 from agent.cli.errors import UsageError
 from agent.cli.messages import PROG
 
-__all__ = ["build_run_parser", "build_events_parser", "is_off", "DEFAULT_RUNS_DIR",
+__all__ = ["build_run_parser", "build_events_parser", "build_stacks_parser", "is_off", "DEFAULT_RUNS_DIR",
            "DEFAULT_METRICS_LINGER", "NPROC_NAMES", "NUMA_MODES"]
 
 DEFAULT_RUNS_DIR = "runs"
@@ -279,6 +279,45 @@ def _add_standby_flags(obs) -> None:
                           "replaced by bare interpreters (default 4096; 0: no limit)")
 
 
+def _stall_timeout(value: str) -> float | str | None:
+    """Seconds (> 0), ``auto``, or off (None)."""
+    if is_off(value):
+        return None
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be seconds, 'auto' or 'off', not {value!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {value}")
+    return seconds
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = _non_negative_seconds(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {value}")
+    return seconds
+
+
+def _add_stall_flags(obs) -> None:
+    # Stalls (issue 14; agent/stalls.py has the rules, docs/reference.md says them in full).
+    value = _OurEnvValue
+    obs.add_argument("--stall-timeout", action=value, type=_stall_timeout, default="auto",
+                     metavar="SECONDS|auto|off",
+                     help="a worker is stalled after this long without progress; auto (default): "
+                          "max(60s, 10 x p99 of its step times), once 10 steps are known")
+    obs.add_argument("--first-step-timeout", action=value, type=_positive_seconds, default=600.0,
+                     metavar="SECONDS",
+                     help="stalled before its first step after this long, for a worker known to "
+                          "report progress (default 600)")
+    obs.add_argument("--on-stall", action=value, type=str, default="report",
+                     choices=("restart", "fail", "report"),
+                     help="after keeping every worker's stack: restart (reason stall), fail, or "
+                          "report only (default)")
+
+
 def build_run_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=f"{PROG} run",
@@ -298,10 +337,26 @@ def build_run_parser() -> argparse.ArgumentParser:
     _add_telemetry_flags(obs)
     _add_access_flags(obs)
     _add_standby_flags(obs)
+    _add_stall_flags(obs)
     p.add_argument("training_script", type=str,
                    help="the training script (or module with -m, or program with --no-python)")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER,
                    help="arguments for the training script")
+    return p
+
+
+def build_stacks_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=f"{PROG} stacks",
+        description="Every worker's Python stack of a running job, read now without stopping it, "
+        "and where each rank is (collective, data loading, user code file:line, not responding).",
+    )
+    p.add_argument("target", nargs="?", metavar="URL|path",
+                   help="the run's endpoint URL, or its event log (a file, or a directory: its newest "
+                   f"log; default ./{DEFAULT_RUNS_DIR}), which names the endpoint")
+    p.add_argument("--token", action=_OurEnvValue, type=str, default=None, metavar="TOKEN",
+                   help="the endpoint's bearer token, if it requires one")
+    p.add_argument("--json", action="store_true", help="print the dump as JSON")
     return p
 
 

@@ -82,6 +82,13 @@ class StatusBoard:
         agent = self.agent
         return agent.status_snapshot() if agent is not None else dict(self._before_agent)
 
+    def stacks(self) -> dict[str, Any]:
+        """The endpoint's /stacks: every worker's stack now (an error before the agent exists)."""
+        agent = self.agent
+        if agent is None:
+            raise LookupError("no workers yet")
+        return agent.stacks_snapshot()
+
 
 class Run:
     """One invocation of ``elastiscope run``: prepare(), launch(), then finish() whatever happened."""
@@ -131,7 +138,8 @@ class Run:
             raise UsageError(str(e)) from None
         # The process's event ring outlives the pipelines configure() builds, so the app can
         # hold it now. Lazy: the web stack loads at the first request or once the workers run.
-        return serve_app(sock, self.status, state.event_ring(), token=args.token, lazy=True)
+        return serve_app(sock, self.status, state.event_ring(), token=args.token, lazy=True,
+                         stacks=self.status.stacks)
 
     # ---- the job ----
 

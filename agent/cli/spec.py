@@ -16,6 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 from agent.api import WorkerSpec
 from agent.python_cmdline import parse_python_args
+from agent.stalls import StallPolicy
 from agent.cli.errors import JobError, UsageError, first_line
 from agent.cli.run_path import run_script_path
 from agent.standby_preload import DEFAULT_MEMORY_LIMIT
@@ -198,6 +199,7 @@ def _agent_options(args: argparse.Namespace, logs_specs: Any) -> dict[str, Any]:
         warm_standby=not args.no_warm_standby,
         count_optimizer_steps=not args.no_progress,
         **_standby_options(args),
+        stall_policy=_stall_policy(args),
     )
 
 
@@ -206,6 +208,13 @@ def _standby_options(args: argparse.Namespace) -> dict[str, Any]:
     limit = args.standby_memory_limit
     return dict(preload=preload, preload_torch=preload_torch,
                 standby_memory_limit=DEFAULT_MEMORY_LIMIT if limit is None else (limit << 20) or None)
+
+
+def _stall_policy(args: argparse.Namespace) -> StallPolicy:
+    timeout = args.stall_timeout
+    return StallPolicy(timeout=timeout if isinstance(timeout, float) else None,
+                       first_step_timeout=args.first_step_timeout, action=args.on_stall,
+                       enabled=timeout is not None)
 
 
 def plan_launch(args: argparse.Namespace, nproc: int) -> LaunchPlan:

@@ -70,6 +70,9 @@ def _arrange_progress_hook() -> None:
         from elastiscope import progress_hook  # small, and imports no torch
 
         progress_hook.install()
+    from elastiscope import stack_dump  # the stack dump the agent may ask for (no-op unasked)
+
+    stack_dump.install()
 
 
 def _redirect_fd(fd: int, path: str, stream: TextIO) -> None:

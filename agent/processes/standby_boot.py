@@ -97,7 +97,7 @@ def _arrange_progress_hook():
         return
     try:
         if "sitecustomize" in sys.modules:
-            for name in ("elastiscope.failure_exit", "elastiscope.progress_hook"):
+            for name in ("elastiscope.failure_exit", "elastiscope.progress_hook", "elastiscope.stack_dump"):
                 __import__(name)
                 sys.modules[name].install()
         else:

@@ -284,6 +284,25 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                options={"showHeader": True, "cellHeight": "sm"}), 24, 8),
     ])
 
+    # Stalls (issue 14): what the agent's stall detection found.
+    stalls = (row("Stalls"), [
+        (timeseries("Seconds since progress", "Seconds since each rank's last progress (step end, "
+                    "checkpoint saved or loaded), as the agent last read it; a hung rank climbs "
+                    "here until its stall timeout.",
+                    targets((f"max by (instance, role, local_rank) "
+                             f"(elastiscope_worker_seconds_since_progress{{{AGENT}}})", rank)),
+                    unit="s"), 12, 7),
+        (stat("Stalled workers", "Workers stalled now (no progress for their stall timeout); "
+              "elastiscope events names the suspect rank and where each rank waits.",
+              targets((f"sum by (instance, role) (elastiscope_worker_stalled{{{AGENT}}})",
+                       "{{instance}} {{role}}")),
+              thresholds=[(None, "green"), (1, "red")]), 6, 7),
+        (stat("Stalls", "Stalls found over the dashboard's range.",
+              targets((f"sum by (instance, role) (increase(elastiscope_stalls_total{{{AGENT}}}[$__range]))",
+                       "{{instance}} {{role}}")),
+              thresholds=[(None, "green"), (1, "orange")]), 6, 7),
+    ])
+
     telemetry = (row("Telemetry health"), [
         (timeseries("Dropped records", "Records a sink never received (queue full, or exit came first), per second.",
                     targets((f"sum by (instance, sink) "
@@ -306,7 +325,7 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                              f"(last_over_time(elastiscope_torchelastic_metric{{{TELEMETRY}}}[$__range]))")],
                options={"showHeader": True, "cellHeight": "sm"}), 8, 8),
     ])
-    return [job, failures, durations, workers, progress, goodput_row(), telemetry]
+    return [job, failures, durations, workers, progress, goodput_row(), stalls, telemetry]
 
 
 def goodput_row() -> tuple[dict, list[tuple[dict, int, int]]]:

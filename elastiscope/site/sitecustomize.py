@@ -1,6 +1,7 @@
 """Elastiscope's start-up hook for workers (this directory is put first on a worker's
 PYTHONPATH by its agent): arrange the fast exit on an uncaught exception
-(:mod:`elastiscope.failure_exit`) and the optimizer-step hook, then run the ``sitecustomize`` that
+(:mod:`elastiscope.failure_exit`), the optimizer-step hook and the stack dump the agent may ask
+for (:mod:`elastiscope.stack_dump`), then run the ``sitecustomize`` that
 would have run without us, if any, and leave no trace of ours on ``sys.path``.
 """
 
@@ -15,11 +16,17 @@ try:
     progress_hook.install()
 except Exception:  # telemetry never breaks the job
     pass
-try:  # apart: either works without the other
+try:  # apart: each works without the others
     from elastiscope import failure_exit
 
     failure_exit.install()
 except Exception:
+    pass
+try:
+    from elastiscope import stack_dump
+
+    stack_dump.install()
+except Exception:  # stacks are telemetry too
     pass
 # The next sitecustomize on the path, as if this one were not there; without one, this one
 # stays the sitecustomize module (the import machinery expects to find one).

@@ -8,6 +8,7 @@ Routes (all GET):
 ``/status``         run id, role, state, restarts, ranks and every local worker
 ``/events``         recent events, filtered by ``since``, ``name``, ``state``, ``source``, ``rank``
 ``/events/stream``  the same as server-sent events, as they happen
+``/stacks``         every local worker's Python stack, read now without stopping the job
 
 With a bearer token configured every route except the two probes requires
 ``Authorization: Bearer <token>``.
@@ -56,7 +57,8 @@ __all__ = [
 # Names of telemetry.endpoint.models, handed out on first use (PEP 562) so that importing the
 # package does not import pydantic.
 MODEL_NAMES = frozenset(
-    ("WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem")
+    ("WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem",
+     "RankStack", "StackDump")
 )
 
 

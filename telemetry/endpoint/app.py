@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from telemetry import config
-from telemetry.endpoint.payloads import MetricsRenderer, StatusProvider
+from telemetry.endpoint.payloads import MetricsRenderer, StacksProvider, StatusProvider
 from telemetry.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,13 +35,15 @@ def create_app(
     metrics: MetricsRenderer | None = None,
     on_metrics_scrape: Callable[[], None] | None = None,
     stream_heartbeat_seconds: float = STREAM_HEARTBEAT_SECONDS,
+    stacks: StacksProvider | None = None,
 ) -> FastAPI:
     """Build the FastAPI app. ``token`` turns on bearer authentication for all but the probes.
 
     ``events`` is the event ring /events and /events/stream read (None: no events);
     ``metrics`` renders /metrics (default: ``telemetry.config.render_metrics``, the registry of
     the Prometheus sink attached to the pipeline); ``on_metrics_scrape`` is called after each
-    /metrics response has been sent.
+    /metrics response has been sent; ``stacks`` reads every worker's stack for /stacks
+    (None: no /stacks route).
     """
     # The web stack, loaded here and not at import (see the module docstring).
     from fastapi import FastAPI
@@ -59,4 +61,6 @@ def create_app(
     routes.add_probe_routes(app, status_provider)
     routes.add_status_route(app, status_provider, protected)
     routes.add_event_routes(app, events, protected, stream_heartbeat_seconds)
+    if stacks is not None:
+        routes.add_stacks_route(app, stacks, protected)
     return app

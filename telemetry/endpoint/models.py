@@ -14,6 +14,7 @@ from telemetry.names import AGENT, WORKER, WORKER_STATES
 
 __all__ = [
     "WorkerProgress", "WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem",
+    "RankStack", "StackDump",
 ]
 
 State = Literal[WORKER_STATES]  # type: ignore[valid-type]
@@ -85,6 +86,33 @@ class EventRecord(BaseModel):
 class EventPage(BaseModel):
     events: list[EventRecord]
     last_seq: int = Field(..., description="sequence number of the newest event held")
+
+
+class RankStack(BaseModel):
+    """One worker's Python stack and where it is (docs/reference.md: the stalled event's ranks)."""
+
+    rank: int = Field(..., description="global rank")
+    local_rank: int
+    pid: int
+    where: str = Field(..., description="collective, data_loading, user_code, not_responding, exited, unknown")
+    detail: str = ""
+    code: Optional[str] = Field(None, description="file:line of the script's own innermost frame")
+    function: Optional[str] = None
+    method: Optional[str] = Field(None, description="py-spy, faulthandler, or null: no stack read")
+    note: Optional[str] = None
+    seconds_since_progress: Optional[float] = None
+    last_progress_time: Optional[float] = None
+    stack: Optional[str] = Field(None, description="the dump as read, every thread")
+
+
+class StackDump(BaseModel):
+    """Every running local worker's stack, read without stopping anyone."""
+
+    taken_at: float = Field(..., description="seconds since the epoch")
+    capture_ms: float
+    suspects: list[int] = Field(default_factory=list, description="ranks the others wait for")
+    summary: str = ""
+    ranks: list[RankStack] = Field(default_factory=list)
 
 
 class Problem(BaseModel):

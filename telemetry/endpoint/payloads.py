@@ -11,12 +11,14 @@ from typing import Any, Callable, Mapping, Optional
 from telemetry.names import AGENT, WORKER, WORKER_STATES
 
 __all__ = [
-    "StatusProvider", "MetricsRenderer", "json_scalar", "state_name", "normalise_status",
+    "StatusProvider", "StacksProvider", "MetricsRenderer", "json_scalar", "state_name", "normalise_status",
     "event_record",
 ]
 
 # The agent's side: a callable returning the snapshot of ``LocalElasticAgent.status_snapshot()``.
 StatusProvider = Callable[[], Mapping[str, Any]]
+# Every local worker's Python stack now (/stacks); the agent's, handed in like the status.
+StacksProvider = Callable[[], Mapping[str, Any]]
 # (Accept header or None) -> (body, content type), as ``telemetry.config.render_metrics``.
 MetricsRenderer = Callable[[Optional[str]], "tuple[bytes, str]"]
 

@@ -15,9 +15,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from telemetry.endpoint.auth import Protection
-from telemetry.endpoint.models import EventPage, Health, Problem, Readiness, Source, Status
+from telemetry.endpoint.models import EventPage, Health, Problem, Readiness, Source, StackDump, Status
 from telemetry.endpoint.payloads import (
     MetricsRenderer,
+    StacksProvider,
     StatusProvider,
     event_record,
     normalise_status,
@@ -38,6 +39,7 @@ __all__ = [
     "add_event_routes",
     "add_event_page_route",
     "add_event_stream_route",
+    "add_stacks_route",
 ]
 
 log = logging.getLogger("elastiscope.endpoint")
@@ -139,6 +141,25 @@ def add_status_route(app: FastAPI, status_provider: StatusProvider, protection: 
         except Exception as e:  # the agent is mid-change or broken; say so, do not crash
             log.debug("status provider failed", exc_info=True)
             raise HTTPException(503, f"status unavailable: {type(e).__name__}") from None
+
+
+def add_stacks_route(app: FastAPI, stacks_provider: StacksProvider, protection: Protection) -> None:
+    """``/stacks``: every local worker's Python stack now (a bounded capture, nobody stopped),
+    or 503 while there are no workers to read."""
+
+    @app.get(
+        "/stacks",
+        summary="Every local worker's Python stack, read now without stopping the job",
+        response_model=StackDump,
+        dependencies=protection.dependencies,
+        responses={503: {"model": Problem, "description": "stacks unavailable"}, **protection.responses},
+    )
+    def get_stacks():
+        try:
+            return stacks_provider()
+        except Exception as e:  # no workers yet, or mid-restart
+            log.debug("stacks provider failed", exc_info=True)
+            raise HTTPException(503, f"stacks unavailable: {type(e).__name__}") from None
 
 
 @dataclass(frozen=True)

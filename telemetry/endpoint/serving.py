@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from telemetry.endpoint.app import create_app
 from telemetry.endpoint.binding import bind_socket, check_exposure, url_of
-from telemetry.endpoint.payloads import MetricsRenderer, StatusProvider
+from telemetry.endpoint.payloads import MetricsRenderer, StacksProvider, StatusProvider
 
 if TYPE_CHECKING:  # pragma: no cover
     from telemetry.sinks.memory import MemorySink
@@ -213,6 +213,7 @@ def serve_app(
     token: str | None = None,
     metrics: MetricsRenderer | None = None,
     lazy: bool = False,
+    stacks: StacksProvider | None = None,
 ) -> EndpointServer:
     """Serve the endpoint app on an already bound socket, from a daemon thread (see ``lazy``
     on :class:`EndpointServer`). ``events`` is the event ring the app reads."""
@@ -226,6 +227,7 @@ def serve_app(
             token=token,
             metrics=metrics,
             on_metrics_scrape=server.note_scrape,
+            stacks=stacks,
         )
 
     server = EndpointServer(sock, build, lazy=lazy)

@@ -42,6 +42,8 @@ EVENT_KINDS_AT_ZERO = (
     # goodput (agent/goodput.py)
     (names.FIRST_STEP, names.AGENT),
     (names.ATTEMPT_GOODPUT, names.AGENT),
+    (names.WORKER_STALLED, names.AGENT),
+    (names.WORKER_STALL_ENDED, names.AGENT),
 )
 
 # (outcome, retried) label values of elastiscope_runs_total: every way a run can finish.
@@ -106,7 +108,7 @@ CATALOGUE: tuple[Series, ...] = (
            "1 for the worker group's current state, 0 for the six others.",
            "elastiscope.agent.state_change; put_metric workers.<role>.<state>"),
     Series("elastiscope_restarts_total", "counter", ("role", "reason"),
-           "Worker group restarts by reason (failure, membership).", names.RESTART,
+           "Worker group restarts by reason (failure, membership, stall).", names.RESTART,
            zero=_AT_RUN_START_BY_REASON),
     Series("elastiscope_worker_failures_total", "counter", ("role", "local_rank", "exit_code", "signal"),
            "Worker process failures seen live by the monitor, by exit code or signal name "
@@ -205,6 +207,20 @@ CATALOGUE: tuple[Series, ...] = (
            "worker has reported a step (no progress reported is not 0 % goodput).",
            "put_metric workers.<role>.goodput.ratio",
            when="after a worker's first step (local agent)"),
+    # ---- stalls (issue 14) ----
+    Series("elastiscope_worker_stalled", "gauge", ("role", "local_rank"),
+           "1 while a worker is stalled (no progress for its stall timeout), 0 otherwise.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.stalled",
+           when="agents that read progress (local agent)"),
+    Series("elastiscope_worker_seconds_since_progress", "gauge", ("role", "local_rank"),
+           "Seconds since a worker's last progress (step end, checkpoint saved or loaded), as "
+           "of the agent's last read of its record (about once a second).",
+           "put_metric workers.<role>.worker.<local_rank>.progress.seconds_since_progress",
+           when="after a worker's first step (local agent)"),
+    Series("elastiscope_stalls_total", "counter", ("role",),
+           "Stalls found (each elastiscope.worker.stalled event; workers due within a second of "
+           "each other are found together).",
+           names.WORKER_STALLED, zero="at run start"),
     Series("elastiscope_events_total", "counter", ("name", "source"),
            "Events published, by event name and source.", "every event",
            zero="at configure: each documented event kind with a fixed name, with its source(s)"),

@@ -108,6 +108,7 @@ class AgentMetrics:
         self._productive.start((role,))
         for reason in names.BADPUT_REASONS:
             self._badput.start((role, reason))
+        self.child("elastiscope_stalls_total", role)
 
     def count_events_from_zero(self, kinds: Iterable[tuple[str, str]] = EVENT_KINDS_AT_ZERO) -> None:
         """Create ``elastiscope_events_total{name, source}`` at 0 for each (name, source)."""

@@ -83,6 +83,7 @@ class PrometheusSink(Sink):
             names.RESTART: self._restart,
             names.RENDEZVOUS_COMPLETE: self._rendezvous_complete,
             names.WORKER_FAILED: self._worker_failed,
+            names.WORKER_STALLED: self._worker_stalled,
             names.TORCH_RENDEZVOUS: self._rendezvous_duration,
             names.TORCH_ASSIGN_WORKER_RANKS: self._rank_assignment_duration,
         }
@@ -272,6 +273,9 @@ class PrometheusSink(Sink):
         if isinstance(latency_ms, (int, float)):
             self.metrics.child("elastiscope_failure_detection_seconds", role).observe(latency_ms / 1000.0)
 
+    def _worker_stalled(self, event: Event) -> None:
+        self.metrics.child("elastiscope_stalls_total", self._role(event.metadata)).inc()
+
     def _observe_duration(self, series: str, event: Event) -> None:
         duration_ms = event.metadata.get("duration_ms")
         if isinstance(duration_ms, (int, float)):
@@ -327,6 +331,9 @@ class PrometheusSink(Sink):
         "reporting": "elastiscope_worker_reporting_progress",
         "last_step_time": "elastiscope_worker_last_step_timestamp_seconds",
         "global_step": "elastiscope_worker_global_step",
+        # stalls (agent/stall_watch.py)
+        "stalled": "elastiscope_worker_stalled",
+        "seconds_since_progress": "elastiscope_worker_seconds_since_progress",
     }
 
     def _worker_progress(self, point: MetricPoint, labels: tuple[str, ...]) -> None:

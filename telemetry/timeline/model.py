@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TimelineError", "LogEvent", "Failure", "Restart", "Attempt", "RunSummary", "JobTimeline"]
+__all__ = ["TimelineError", "LogEvent", "Failure", "Restart", "Stall", "Attempt", "RunSummary", "JobTimeline"]
 
 
 class TimelineError(Exception):
@@ -69,6 +69,21 @@ class Restart:
 
 
 @dataclass
+class Stall:
+    """Workers found without progress (``elastiscope.worker.stalled``): who, who is to blame,
+    where each rank was, what the agent did, where the stacks are kept."""
+
+    timestamp: int
+    attempt: int
+    stalled_ranks: list
+    suspect_ranks: list
+    summary: str
+    action: Any
+    seconds_since_progress: Any = None
+    stack_files: dict = field(default_factory=dict)
+
+
+@dataclass
 class Attempt:
     number: int
     started: int  # rendezvous complete
@@ -98,6 +113,7 @@ class RunSummary:
     attempts: list[Attempt] = field(default_factory=list)
     restarts: list[Restart] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    stalls: list[Stall] = field(default_factory=list)
     rendezvous_ms: list[float] = field(default_factory=list)
     events: list[LogEvent] = field(default_factory=list)
     # The job's root cause as the agent last named it (rank, host, error), when a failure did.

@@ -19,9 +19,11 @@ from telemetry.names import (
     TORCH_FAILED,
     WORKER,
     WORKER_FAILED,
+    WORKER_STALL_ENDED,
+    WORKER_STALLED,
 )
-from telemetry.timeline.model import Failure, JobTimeline, LogEvent, RunSummary
-from telemetry.timeline.summary import ATTEMPT_KEYS, failure_of, goodput_of
+from telemetry.timeline.model import Failure, JobTimeline, LogEvent, RunSummary, Stall
+from telemetry.timeline.summary import ATTEMPT_KEYS, failure_of, goodput_of, json_list
 
 __all__ = ["render", "summaries_as_json", "render_jobs", "jobs_as_json"]
 
@@ -161,6 +163,13 @@ class _TimelineWriter:
             return _first_step_line(md)
         if e.name == ATTEMPT_GOODPUT:
             return _attempt_goodput_line(goodput_of(md, ATTEMPT_KEYS) or {})
+        if e.name == WORKER_STALLED:
+            return (f"STALLED rank(s) {', '.join(map(str, json_list(md.get('stalled_ranks'))))} "
+                    f"after {md.get('seconds_since_progress')} s without progress "
+                    f"(on stall: {md.get('action')}): {md.get('summary')}")
+        if e.name == WORKER_STALL_ENDED:
+            return (f"rank(s) {', '.join(map(str, json_list(md.get('ranks'))))} progress again "
+                    f"after {md.get('stalled_seconds')} s stalled")
         if e.name == RUN_END:
             goodput = goodput_of(md)
             told = f"; goodput {_goodput_text(goodput)}" if goodput else ""
@@ -223,6 +232,7 @@ def _summary_lines(run: RunSummary) -> list[str]:
                          f"{f.error or 'no error message'}{_attribution(f)}{_log_note(f)}")
     else:
         lines.append("failures: none")
+    lines.extend(_stall_lines(run.stalls))
     if run.rendezvous_ms:
         r = run.rendezvous_ms
         lines.append(f"rendezvous: {len(r)} round(s), mean {_ms(sum(r) / len(r))}, max {_ms(max(r))}")
@@ -234,6 +244,15 @@ def _summary_lines(run: RunSummary) -> list[str]:
         lines.extend(f"  {_attempt_goodput_line(a.goodput)}" for a in run.attempts if a.goodput)
     if run.endpoint_url:
         lines.append(f"endpoint: {run.endpoint_url}")
+    return lines
+
+
+def _stall_lines(stalls: list[Stall]) -> list[str]:
+    lines = [f"stalls: {len(stalls)}"] if stalls else []
+    for st in stalls:
+        suspects = ", ".join(map(str, st.suspect_ranks)) or "none named"
+        lines.append(f"  attempt {st.attempt}: suspect rank(s) {suspects} ({st.action}): {st.summary}")
+        lines.extend(f"    rank {rank} stacks: {path}" for rank, path in sorted(st.stack_files.items()))
     return lines
 
 

@@ -20,8 +20,9 @@ from telemetry.names import (
     TORCH_START,
     WORKER,
     WORKER_FAILED,
+    WORKER_STALLED,
 )
-from telemetry.timeline.model import Attempt, Failure, LogEvent, Restart, RunSummary
+from telemetry.timeline.model import Attempt, Failure, LogEvent, Restart, RunSummary, Stall
 
 __all__ = ["summarise", "failure_of", "first_error_line", "json_list", "goodput_of", "GOODPUT_KEYS", "ATTEMPT_KEYS"]
 
@@ -133,6 +134,7 @@ class _RunBuilder:
             RUN_END: self.on_run_end,
             FIRST_STEP: self.on_first_step,
             ATTEMPT_GOODPUT: self.on_attempt_goodput,
+            WORKER_STALLED: self.on_stalled,
         }
 
     def add(self, event: LogEvent) -> None:
@@ -225,6 +227,21 @@ class _RunBuilder:
         attempt = self._numbered_attempt(event)
         if attempt is not None:
             attempt.goodput = goodput_of(event.metadata, ATTEMPT_KEYS)
+
+    def on_stalled(self, event: LogEvent) -> None:
+        md = event.metadata
+        try:
+            files = json.loads(md.get("stack_files") or "{}")
+        except ValueError:
+            files = {}
+        self.run.stalls.append(Stall(
+            timestamp=event.timestamp, attempt=self.attempt.number if self.attempt else -1,
+            stalled_ranks=json_list(md.get("stalled_ranks")),
+            suspect_ranks=json_list(md.get("suspect_ranks")),
+            summary=str(md.get("summary") or ""), action=md.get("action"),
+            seconds_since_progress=md.get("seconds_since_progress"),
+            stack_files=files if isinstance(files, dict) else {},
+        ))
 
     def on_run_end(self, event: LogEvent) -> None:
         self.run.goodput = goodput_of(event.metadata)
