@@ -67,7 +67,8 @@ with open(os.path.join(sys.argv[1], os.environ["EXPECT"] + ".json"), "w") as f:
     json.dump(dict(seen, **first_line), f)
 """
 # Values of a run, not of a worker: the run id, the store's port, the log and record files.
-PER_RUN = {"TORCHELASTIC_RUN_ID", "MASTER_PORT", "TORCHELASTIC_ERROR_FILE", "ELASTISCOPE_PROGRESS_FILE", "EXPECT"}
+PER_RUN = {"TORCHELASTIC_RUN_ID", "MASTER_PORT", "TORCHELASTIC_ERROR_FILE", "ELASTISCOPE_PROGRESS_FILE",
+           "ELASTISCOPE_STACK_FILE", "EXPECT"}
 
 
 def _run(tmp_path, script, mode, flags):

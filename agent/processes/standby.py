@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from agent.processes import standby_boot
 from agent.python_cmdline import parse_python_args
 from elastiscope.progress_layout import CHANNEL_ENV
+from elastiscope.stack_dump import STACK_FILE_ENV
 
 if TYPE_CHECKING:
     from agent.processes.spawner_client import ProgramSpawner
@@ -49,12 +50,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # The worker variables the agent sets anew for every attempt and rank (torchrun's, plus the
-# error file, the trace context and the progress record). A standby starts without them and
+# error file, the trace context, the progress record and the stack dump's file). A standby starts without them and
 # gets them with its job; every other variable must match (see the module docstring).
 ATTEMPT_VARIABLES = frozenset({
     "RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "WORLD_SIZE", "GROUP_WORLD_SIZE",
     "ROLE_WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
     "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_ERROR_FILE", "TRACEPARENT", CHANNEL_ENV,
+    STACK_FILE_ENV,
 })
 
 
