@@ -1,0 +1,77 @@
+"""How long each rank computes before it enters the step's collectives: the straggler signal.
+
+In synchronous data-parallel training every rank's step period is the same (the gradient
+all-reduce waits for the slowest rank), so the step period cannot name a straggler. What
+differs is the work a rank does on its own before the first collective of the step: its forward
+pass. This module times, without a change to the script, every forward that
+``DistributedDataParallel`` runs through the user's module (``DistributedDataParallel.
+_run_ddp_forward``: after DDP's own pre-forward, which may broadcast buffers, so that
+collective's wait is not counted) and adds it to the step's forward time in the progress record;
+the writer stores the step's total when the step ends (``ProgressWriter.step``).
+
+Why this and not the alternatives (measured in bench/step_telemetry.py, see docs/operations.md):
+module forward hooks make ``nn.Module.__call__`` take its slow path, about 2.7 us per call on
+this machine, over the whole step-telemetry budget of 2 us; one wrapped method costs a frame
+and two clock reads. DDP's own timing (``_get_ddp_logging_data()``: ``avg_forward_compute_time``
+...) is sampled at a few iterations and averaged since the start, too coarse to follow a rank
+that slows down and recovers.
+
+Forwards run with gradients off (an evaluation loop) are not counted: they are not part of a
+training step. The patch is applied once ``torch.nn.parallel.distributed`` is imported (by the
+script: ``import torch`` does), never earlier; a torch without that method is left alone.
+Checked with torch 2.13.
+"""
+
+from __future__ import annotations
+
+import os
+from time import perf_counter
+
+from elastiscope.import_watch import when_imported
+from elastiscope.progress_channel import channel
+
+__all__ = ["install", "forward_timing_enabled", "FORWARD_TIMING_ENV"]
+
+FORWARD_TIMING_ENV = "ELASTISCOPE_FORWARD_TIMING"  # "0": DDP forwards are not timed
+_WATCHED = "torch.nn.parallel.distributed"
+_METHOD = "_run_ddp_forward"  # DDP's call of the user's module, between its pre- and post-forward
+_MARK = "_elastiscope_timed"
+
+
+def forward_timing_enabled() -> bool:
+    return os.environ.get(FORWARD_TIMING_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def install() -> None:
+    """Arrange for DDP forwards to be timed once the script imports DDP (idempotent)."""
+    if forward_timing_enabled():
+        when_imported(_WATCHED, _patch)
+
+
+def _patch(module) -> None:
+    ddp = getattr(module, "DistributedDataParallel", None)
+    original = getattr(ddp, _METHOD, None)
+    grad_enabled = getattr(getattr(module, "torch", None), "is_grad_enabled", None)
+    if original is None or grad_enabled is None or getattr(original, _MARK, False):
+        return
+    setattr(ddp, _METHOD, _timed(original, grad_enabled))
+
+
+def _timed(original, grad_enabled):
+    """``original`` (DDP's method) with its time added to the step's forward time."""
+    writer_of = channel.writer
+
+    def run_ddp_forward(self, *inputs, **kwargs):
+        start = perf_counter()
+        output = original(self, *inputs, **kwargs)
+        writer = writer_of()
+        if writer is not None and grad_enabled():
+            writer.forward_time += perf_counter() - start
+        return output
+
+    run_ddp_forward.__name__ = original.__name__
+    run_ddp_forward.__qualname__ = original.__qualname__
+    run_ddp_forward.__doc__ = original.__doc__
+    run_ddp_forward.__wrapped__ = original
+    setattr(run_ddp_forward, _MARK, True)
+    return run_ddp_forward
