@@ -39,6 +39,8 @@ EVENT_KINDS_AT_ZERO = (
     (names.RENDEZVOUS_COMPLETE, names.AGENT),
     (names.RESTART, names.AGENT),
     (names.WORKER_FAILED, names.WORKER),
+    (names.WORKER_STRAGGLER, names.WORKER),
+    (names.WORKER_STRAGGLER_RECOVERED, names.WORKER),
 )
 
 # (outcome, retried) label values of elastiscope_runs_total: every way a run can finish.
@@ -185,6 +187,23 @@ CATALOGUE: tuple[Series, ...] = (
            "Mean steps per second of this node's reporting workers over the last 10 seconds.",
            "put_metric workers.<role>.progress.steps_per_second",
            when="after a worker's first step (local agent)"),
+    # Stragglers (agent/stragglers.py): each worker's forward time against its local peers'.
+    Series("elastiscope_worker_forward_seconds", "gauge", ("role", "local_rank"),
+           "Mean time of a worker's DDP forward passes per training step, over the steps since "
+           "the agent's previous read (about a second): the work a rank does on its own before "
+           "the step's collectives, which a straggler takes longer over.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.forward_seconds",
+           when="workers training with DistributedDataParallel (local agent)"),
+    Series("elastiscope_worker_straggler_ratio", "gauge", ("role", "local_rank"),
+           "A worker's forward seconds over the median of the other local workers' (1: like its "
+           "peers; 3: three times slower).",
+           "put_metric workers.<role>.worker.<local_rank>.progress.straggler_ratio",
+           when="DistributedDataParallel workers with local peers (local agent)"),
+    Series("elastiscope_worker_straggler", "gauge", ("role", "local_rank"),
+           "1 while a worker is flagged a straggler (its ratio stayed over the threshold for the "
+           "configured number of steps), 0 otherwise.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.straggler",
+           when="DistributedDataParallel workers with local peers (local agent)"),
     Series("elastiscope_events_total", "counter", ("name", "source"),
            "Events published, by event name and source.", "every event",
            zero="at configure: each documented event kind with a fixed name, with its source(s)"),

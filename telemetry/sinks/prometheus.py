@@ -326,6 +326,9 @@ class PrometheusSink(Sink):
         "reporting": "elastiscope_worker_reporting_progress",
         "last_step_time": "elastiscope_worker_last_step_timestamp_seconds",
         "global_step": "elastiscope_worker_global_step",
+        "forward_seconds": "elastiscope_worker_forward_seconds",
+        "straggler_ratio": "elastiscope_worker_straggler_ratio",
+        "straggler": "elastiscope_worker_straggler",
     }
 
     def _worker_progress(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
