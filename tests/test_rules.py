@@ -16,6 +16,7 @@ REQUIRED_ALERTS = {
     "flakiness above a threshold": "ElastiscopeFlakinessHigh",
     "agent absent while its job should run": "ElastiscopeAgentAbsent",
     "telemetry dropping": "ElastiscopeTelemetryDropping",
+    "persistent straggler": "ElastiscopeStraggler",
 }
 
 

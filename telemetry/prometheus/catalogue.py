@@ -189,9 +189,9 @@ CATALOGUE: tuple[Series, ...] = (
            when="after a worker's first step (local agent)"),
     # Stragglers (agent/stragglers.py): each worker's forward time against its local peers'.
     Series("elastiscope_worker_forward_seconds", "gauge", ("role", "local_rank"),
-           "Mean time of a worker's DDP forward passes per training step, over the steps since "
-           "the agent's previous read (about a second): the work a rank does on its own before "
-           "the step's collectives, which a straggler takes longer over.",
+           "Mean time of a worker's DDP forward passes per training step, over its latest "
+           "steps (at least 5; the agent reads about once a second): the work a rank does on its "
+           "own before the step's collectives, which a straggler takes longer over.",
            "put_metric workers.<role>.worker.<local_rank>.progress.forward_seconds",
            when="workers training with DistributedDataParallel (local agent)"),
     Series("elastiscope_worker_straggler_ratio", "gauge", ("role", "local_rank"),
