@@ -30,7 +30,7 @@ from time import perf_counter
 from elastiscope.import_watch import when_imported
 from elastiscope.progress_channel import channel
 
-__all__ = ["install", "forward_timing_enabled", "FORWARD_TIMING_ENV"]
+__all__ = ["install", "patch", "forward_timing_enabled", "FORWARD_TIMING_ENV"]
 
 FORWARD_TIMING_ENV = "ELASTISCOPE_FORWARD_TIMING"  # "0": DDP forwards are not timed
 _WATCHED = "torch.nn.parallel.distributed"
@@ -45,10 +45,12 @@ def forward_timing_enabled() -> bool:
 def install() -> None:
     """Arrange for DDP forwards to be timed once the script imports DDP (idempotent)."""
     if forward_timing_enabled():
-        when_imported(_WATCHED, _patch)
+        when_imported(_WATCHED, patch)
 
 
-def _patch(module) -> None:
+def patch(module) -> None:
+    """Wrap DDP's call of the user's module in ``module`` (torch.nn.parallel.distributed); run
+    by ``install()`` once the script imports it (public for the bench)."""
     ddp = getattr(module, "DistributedDataParallel", None)
     original = getattr(ddp, _METHOD, None)
     grad_enabled = getattr(getattr(module, "torch", None), "is_grad_enabled", None)
