@@ -16,6 +16,7 @@ from agent.cli.errors import UsageError
 from agent.stragglers import DEFAULT_STEPS, DEFAULT_THRESHOLD, StragglerDetector
 from elastiscope import progress_layout as layout
 from telemetry import names
+from test_cli_errors import assert_usage_error, elastiscope
 from test_progress import run_worker
 
 pytestmark = pytest.mark.timeout(240)
@@ -241,6 +242,13 @@ def test_the_flags_reach_the_agent_and_bad_values_are_one_line_errors(monkeypatc
             parser.parse_args([*bad, "x.py"])
     monkeypatch.setenv("ELASTISCOPE_STRAGGLER_STEPS", "7")
     assert build_run_parser().parse_args(["x.py"]).straggler_steps == 7
+
+
+def test_a_bad_straggler_flag_is_one_line_and_exit_2(tmp_path):
+    script = tmp_path / "noop.py"
+    script.write_text("")
+    result = elastiscope("run", "--straggler-threshold", "0.9", str(script), cwd=tmp_path)
+    assert_usage_error(result, "--straggler-threshold", "must be > 1")
 
 
 def test_the_help_states_the_detectors_defaults():
