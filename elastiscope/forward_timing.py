@@ -17,7 +17,9 @@ and two clock reads. DDP's own timing (``_get_ddp_logging_data()``: ``avg_forwar
 that slows down and recovers.
 
 Forwards run with gradients off (an evaluation loop) are not counted: they are not part of a
-training step. The patch is applied once ``torch.nn.parallel.distributed`` is imported (by the
+training step. Under ``torch.compile`` Dynamo traces DDP's forward, this method included: the
+timing stands aside while it traces (a clock read would break the graph), and the compiled code
+no longer calls this method, so a compiled DDP module reports no forward time. The patch is applied once ``torch.nn.parallel.distributed`` is imported (by the
 script: ``import torch`` does), never earlier; a torch without that method is left alone.
 Checked with torch 2.13.
 """
@@ -45,25 +47,36 @@ def forward_timing_enabled() -> bool:
 def install() -> None:
     """Arrange for DDP forwards to be timed once the script imports DDP (idempotent)."""
     if forward_timing_enabled():
-        when_imported(_WATCHED, patch)
+        # DDP's module runs in the middle of ``import torch``, before torch.compiler exists:
+        # wait for torch as a whole, then for DDP (already there, or imported later).
+        when_imported("torch", _when_torch_is_ready)
+
+
+def _when_torch_is_ready(torch) -> None:
+    when_imported(_WATCHED, patch)
 
 
 def patch(module) -> None:
-    """Wrap DDP's call of the user's module in ``module`` (torch.nn.parallel.distributed); run
-    by ``install()`` once the script imports it (public for the bench)."""
+    """Wrap DDP's call of the user's module in ``module`` (torch.nn.parallel.distributed, with
+    torch imported whole); run by ``install()`` once the script imports it (public for the
+    bench)."""
     ddp = getattr(module, "DistributedDataParallel", None)
     original = getattr(ddp, _METHOD, None)
-    grad_enabled = getattr(getattr(module, "torch", None), "is_grad_enabled", None)
-    if original is None or grad_enabled is None or getattr(original, _MARK, False):
+    torch = getattr(module, "torch", None)
+    grad_enabled = getattr(torch, "is_grad_enabled", None)
+    compiling = getattr(getattr(torch, "compiler", None), "is_dynamo_compiling", None)
+    if original is None or grad_enabled is None or compiling is None or getattr(original, _MARK, False):
         return
-    setattr(ddp, _METHOD, _timed(original, grad_enabled))
+    setattr(ddp, _METHOD, _timed(original, grad_enabled, compiling))
 
 
-def _timed(original, grad_enabled):
+def _timed(original, grad_enabled, compiling):
     """``original`` (DDP's method) with its time added to the step's forward time."""
     writer_of = channel.writer
 
     def run_ddp_forward(self, *inputs, **kwargs):
+        if compiling():  # Dynamo is tracing this: no clock read (a graph break) in its graph
+            return original(self, *inputs, **kwargs)
         start = perf_counter()
         output = original(self, *inputs, **kwargs)
         writer = writer_of()
