@@ -12,8 +12,9 @@ the writer stores the step's total when the step ends (``ProgressWriter.step``).
 Why this and not the alternatives (measured in bench/step_telemetry.py, see docs/operations.md):
 module forward hooks make ``nn.Module.__call__`` take its slow path, about 2.7 us per call on
 this machine, over the whole step-telemetry budget of 2 us; one wrapped method costs a frame,
-two clock reads and two cheap calls, about 0.4 us. DDP's own timing (``_get_ddp_logging_data()``: ``avg_forward_compute_time``
-...) is sampled at a few iterations and averaged since the start, too coarse to follow a rank
+two clock reads and two cheap calls, about 0.4 us. DDP's own timing
+(``_get_ddp_logging_data()``: ``avg_forward_compute_time`` ...) is recorded at the first ten
+iterations and then every hundredth, as an average since the start: too coarse to follow a rank
 that slows down and recovers.
 
 Forwards run with gradients off (an evaluation loop) are not counted: they are not part of a
