@@ -150,7 +150,7 @@ def ddp_step_cost(blocks: int, block_steps: int) -> dict:
     result["added_p50_us_by_part"] = {
         part: us(_quantile(times["on"][part], 0.5) - _quantile(times["off"][part], 0.5))
         for part in ("forward", "optimizer_step")}
-    result["forward_wrapper_alone"] = _wrapper_alone(blocks * block_steps)
+    result["forward_wrapper_alone"] = _wrapper_alone(max(20_000, blocks * block_steps))
     return result
 
 
