@@ -9,13 +9,16 @@ are not inflated by waiting for it.
 At every read of the records (about once a second) each worker's mean forward time per step,
 over its latest reads covering at least ``SMOOTHING_STEPS`` steps (one read may cover a single
 step: a scheduler's hiccup in it must not decide), is compared with the median of its local
-peers' means. A worker whose
-ratio stays above ``threshold`` for ``steps`` consecutive steps is flagged
-(``elastiscope.worker.straggler``); a flagged worker whose ratio stays at or under it for as many
-steps recovers (``elastiscope.worker.straggler_recovered``). The same window in both directions
-keeps a rank near the threshold from flapping. Steps are counted per read: a read that covers
-k steps adds k to the run (the record keeps sums, not every step). Job-wide comparison (across
-nodes) is Prometheus' (the recording rules in ``dashboards/prometheus/rules.yml``).
+peers' means. A worker whose ratio stays above ``threshold`` for ``steps`` consecutive steps is
+flagged (``elastiscope.worker.straggler``); a flagged worker whose ratio stays at or under it for
+as many steps recovers (``elastiscope.worker.straggler_recovered``). The same window in both
+directions keeps a rank near the threshold from flapping. Steps are counted per read: a read
+that covers k steps adds k to the run (the record keeps sums, not every step).
+
+Job-wide comparison (across nodes) is Prometheus' (the recording rules in
+``dashboards/prometheus/rules.yml``), not the agent's: through the rendezvous store every agent
+would write and read every second, load that grows with the nodes on the store the job's
+rendezvous depends on.
 """
 
 from __future__ import annotations
