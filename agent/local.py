@@ -51,6 +51,7 @@ from agent.stall_watch import StallFound, StallWatch, dump_file_for, log_folder
 from agent.stalls import StallPolicy
 from agent.signals import DEFAULT_SIGNALS_TO_HANDLE, signals_raise_in_run_loop
 from agent.standby_preload import DEFAULT_MEMORY_LIMIT, StandbyPreload
+from agent.stragglers import DEFAULT_STEPS, DEFAULT_THRESHOLD, StragglerDetector
 from agent.worker_env import progress_env, stack_dump_env, substitute_local_rank, worker_env
 from agent.worker_failures import FailureReporter, failed_at
 from agent.worker_logs import log_tee_for
@@ -95,6 +96,10 @@ class LocalElasticAgent(SimpleElasticAgent):
     (a hook arranged at worker start, see :mod:`elastiscope.progress_hook`); False leaves only
     the steps a script reports through :mod:`elastiscope.progress`.
 
+    ``straggler_threshold``, ``straggler_steps``: a worker whose forward time stays over
+    ``straggler_threshold`` times its local peers' median for ``straggler_steps`` steps is
+    flagged a straggler (see :mod:`agent.stragglers`).
+
     Run it from the thread that should own the workers (normally the main thread, where the
     termination signals are handled): workers are tied to the life of that thread.
     """
@@ -114,6 +119,8 @@ class LocalElasticAgent(SimpleElasticAgent):
         preload_torch: bool = True,
         standby_memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
         stall_policy: StallPolicy | None = None,
+        straggler_threshold: float = DEFAULT_THRESHOLD,
+        straggler_steps: int = DEFAULT_STEPS,
     ):
         super().__init__(spec, exit_barrier_timeout, shutdown_timeout)
         self._logs_specs = logs_specs if logs_specs is not None else DefaultLogsSpecs()
@@ -145,7 +152,10 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._stalls = StallWatch(stall_policy or StallPolicy(), spec.role, self._goodput.stalled)
         self._stall_found: StallFound | None = None
         self._stall_verdict: str | None = None  # what the run loop does with a stall's result
-        self._progress = ProgressChannels([ProgressMetrics(spec.role), self._goodput, self._stalls.detector])
+        stragglers = StragglerDetector(spec.role, straggler_threshold, straggler_steps,
+                                       describe=self._worker_identity)
+        self._progress = ProgressChannels(
+            [ProgressMetrics(spec.role), self._goodput, self._stalls.detector, stragglers])
         self._progress_site = SITE_DIR if count_optimizer_steps else None
 
     # ---- the run -----------------------------------------------------------------------
@@ -410,6 +420,14 @@ class LocalElasticAgent(SimpleElasticAgent):
 
     def _failure_attribution(self) -> dict[str, Any]:
         return self._failures.attribution()
+
+    def _worker_identity(self, local_rank: int) -> dict[str, Any]:
+        """Who a worker is, for an event the agent publishes about it."""
+        group = self._worker_group
+        fields = run_events.identity(group)
+        worker = next((w for w in group.workers if w.local_rank == local_rank), None)
+        fields.update(global_rank=worker.global_rank if worker is not None else None, local_rank=local_rank)
+        return fields
 
     def _sample_resources(self, workers: WorkerSet) -> None:
         role = self._worker_group.spec.role

@@ -48,6 +48,11 @@ MAX_SCALAR_NAME = SCALAR_NAME_BYTES - 1
 # Slots up to 64 are the layout's; later versions (stragglers, ...) add fields after them.
 S_END = S_SCALARS + SCALAR_STRIDE * MAX_SCALARS
 
+# Stragglers: each step's forward time (elastiscope/forward_timing.py), the time a rank computes
+# on its own before the step's collectives. Float seconds; the count is of steps that had any.
+S_FORWARD_LAST, S_FORWARD_SUM, S_FORWARD_STEPS = S_END, S_END + 1, S_END + 2
+S_USED = S_END + 3  # the slots a reader copies
+
 F_EXPLICIT_STEPS = 1  # the script reports its steps itself: the optimizer hook stands aside
 F_EXPLICIT_GLOBAL = 2  # the script set the global step: counted from there
 # Stalls (issue 14): the interpreter is shutting down (set from atexit): the training is over,
@@ -76,6 +81,9 @@ class ProgressWriter:
         # Wall-clock time from the monotonic clock: one clock read per step, not two.
         self._epoch_offset = time.time() - time.perf_counter()
         self._scalar_names: list[str] = []
+        # The forward time of the step in progress, added to by the DDP forward timing (a plain
+        # attribute: stored into the record only when the step ends).
+        self.forward_time = 0.0
         self._begin()
         self._u[S_PID] = os.getpid()
         self._i[S_GLOBAL_STEP] = self._i[S_SAVED_STEP] = self._i[S_LOADED_STEP] = -1
@@ -111,6 +119,12 @@ class ProgressWriter:
             d[S_DURATION_SUM] += duration
             u[S_BUCKETS + bisect_left(DURATION_BOUNDS, duration)] += 1
         self._last_perf = perf
+        forward = self.forward_time
+        if forward:
+            self.forward_time = 0.0
+            d[S_FORWARD_LAST] = forward
+            d[S_FORWARD_SUM] += forward
+            u[S_FORWARD_STEPS] += 1
         if global_step is not None and not self.flags & F_EXPLICIT_GLOBAL:
             self._i[S_GLOBAL_STEP] = global_step
         elif self._global_base >= 0:
@@ -126,6 +140,8 @@ class ProgressWriter:
         self._u[S_STEPS] = 0
         self._u[S_BUCKETS:S_SCALARS] = memoryview(bytes(8 * (S_SCALARS - S_BUCKETS))).cast("Q")
         self._d[S_DURATION_SUM] = 0.0
+        self._u[S_FORWARD_STEPS] = 0
+        self._d[S_FORWARD_SUM] = self._d[S_FORWARD_LAST] = 0.0
         self._end()
 
     def set_flag(self, flag: int) -> None:
@@ -177,7 +193,8 @@ class ProgressSnapshot:
 
     __slots__ = ("pid", "steps", "last_end", "last_duration", "first_end", "global_step",
                  "flags", "saved_step", "saved_time", "loaded_step", "loaded_time",
-                 "duration_sum", "buckets", "scalars")
+                 "duration_sum", "buckets", "scalars", "forward_last", "forward_sum",
+                 "forward_steps")
 
     def __init__(self, u, i, d, raw: bytes) -> None:
         self.pid, self.steps, self.flags = u[S_PID], u[S_STEPS], u[S_FLAGS]
@@ -194,6 +211,8 @@ class ProgressSnapshot:
             if name:
                 scalars[name.decode("ascii", "replace")] = d[base + SCALAR_STRIDE - 1]
         self.scalars = scalars
+        self.forward_last, self.forward_sum = d[S_FORWARD_LAST], d[S_FORWARD_SUM]
+        self.forward_steps = u[S_FORWARD_STEPS]
 
 
 class ProgressReader:
@@ -209,7 +228,7 @@ class ProgressReader:
 
     def read(self, attempts: int = 100) -> ProgressSnapshot | None:
         for _ in range(attempts):
-            raw = self._map[:S_END * 8]  # one copy, then checked against the sequence
+            raw = self._map[:S_USED * 8]  # one copy, then checked against the sequence
             u = memoryview(raw).cast("Q")
             if u[S_MAGIC] != MAGIC:
                 return None

@@ -22,6 +22,8 @@ __all__ = [
     "RENDEZVOUS_PREFIX",
     "RENDEZVOUS_COMPLETE",
     "WORKER_FAILED",
+    "WORKER_STRAGGLER",
+    "WORKER_STRAGGLER_RECOVERED",
     "ENDPOINT_STARTED",
     "AGENT",
     "WORKER",
@@ -91,6 +93,9 @@ RESTART = "elastiscope.agent.restart"
 RENDEZVOUS_PREFIX = "elastiscope.rendezvous."
 RENDEZVOUS_COMPLETE = RENDEZVOUS_PREFIX + "complete"
 WORKER_FAILED = "elastiscope.worker.failed"
+# A worker whose forward pass stays slower than its peers' (agent/stragglers.py), and its recovery.
+WORKER_STRAGGLER = "elastiscope.worker.straggler"
+WORKER_STRAGGLER_RECOVERED = "elastiscope.worker.straggler_recovered"
 ENDPOINT_STARTED = "elastiscope.endpoint.started"
 
 # ---- event sources (EventSource's values) --------------------------------------------------

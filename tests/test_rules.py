@@ -18,6 +18,7 @@ REQUIRED_ALERTS = {
     "telemetry dropping": "ElastiscopeTelemetryDropping",
     "goodput under a threshold": "ElastiscopeGoodputLow",
     "training stalled (a hang)": "ElastiscopeTrainingStalled",
+    "persistent straggler": "ElastiscopeStraggler",
 }
 
 

@@ -17,6 +17,8 @@ plus its own flags (each also read from an ``ELASTISCOPE_*`` variable)::
     --no-token-required      allow a non-loopback --metrics-host without a token
     --no-progress            do not count each optimizer.step() as a training step
     --no-warm-standby        start every attempt's workers cold (no interpreters kept ready)
+    --straggler-threshold R  flag a worker whose forward time stays over R x its peers' (1.5)
+    --straggler-steps N      ... for N consecutive steps (10); it recovers after N under
 
 Like ``torchrun``, a single-node job with no rendezvous endpoint runs on an embedded c10d store
 (``--standalone``); nothing needs to be started by hand. Exit status: 0 when every worker

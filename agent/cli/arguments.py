@@ -128,6 +128,26 @@ def _non_negative_seconds(value: str) -> float:
     return seconds
 
 
+def _ratio_over_one(value: str) -> float:
+    try:
+        ratio = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {value!r}") from None
+    if not 1.0 < ratio < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 1, not {value}")
+    return ratio
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return number
+
+
 def _comma_list(value: str) -> list[str]:
     # torchrun's format: items split on ',', and ',,' stands for a literal comma.
     return [part.replace("\0", ",") for part in value.replace(",,", "\0").split(",")]
@@ -318,6 +338,17 @@ def _add_stall_flags(obs) -> None:
                           "report only (default)")
 
 
+def _add_straggler_flags(obs) -> None:
+    # Defaults (None here) are agent.stragglers' (1.5 and 10), not imported: parsing stays lean.
+    value = _OurEnvValue
+    obs.add_argument("--straggler-threshold", action=value, type=_ratio_over_one, default=None,
+                     metavar="RATIO", help="flag a worker whose DDP forward time stays over RATIO "
+                     "times its local peers' median (default 1.5)")
+    obs.add_argument("--straggler-steps", action=value, type=_positive_int, default=None,
+                     metavar="STEPS", help="... for this many consecutive steps; it recovers after "
+                     "as many steps back under (default 10)")
+
+
 def build_run_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=f"{PROG} run",
@@ -338,6 +369,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     _add_access_flags(obs)
     _add_standby_flags(obs)
     _add_stall_flags(obs)
+    _add_straggler_flags(obs)
     p.add_argument("training_script", type=str,
                    help="the training script (or module with -m, or program with --no-python)")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER,

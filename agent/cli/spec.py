@@ -192,7 +192,10 @@ def _agent_options(args: argparse.Namespace, logs_specs: Any) -> dict[str, Any]:
     if shutdown_timeout is None:
         shutdown_timeout = int(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT",
                                               DEFAULT_SHUTDOWN_TIMEOUT))
+    stragglers = {name: getattr(args, name) for name in ("straggler_threshold", "straggler_steps")
+                  if getattr(args, name) is not None}  # unset: the agent's defaults
     return dict(
+        **stragglers,
         logs_specs=logs_specs, start_method=args.start_method,
         log_line_prefix_template=os.getenv("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"),
         shutdown_timeout=shutdown_timeout,

@@ -325,7 +325,7 @@ def overview_rows() -> list[tuple[dict, list[tuple[dict, int, int]]]]:
                              f"(last_over_time(elastiscope_torchelastic_metric{{{TELEMETRY}}}[$__range]))")],
                options={"showHeader": True, "cellHeight": "sm"}), 8, 8),
     ])
-    return [job, failures, durations, workers, progress, goodput_row(), stalls, telemetry]
+    return [job, failures, durations, workers, progress, goodput_row(), straggler_row(), stalls, telemetry]
 
 
 def goodput_row() -> tuple[dict, list[tuple[dict, int, int]]]:
@@ -352,6 +352,37 @@ def goodput_row() -> tuple[dict, list[tuple[dict, int, int]]]:
                     targets((f"max by (instance, role) "
                              f"(instance_role:elastiscope_goodput_ratio:30m{{{AGENT}}})",
                              "{{instance}} {{role}}")), unit="percentunit"), 6, 8),
+    ])
+
+
+def straggler_row() -> tuple[dict, list[tuple[dict, int, int]]]:
+    """Stragglers: the step period, the same on every rank of synchronous DDP, beside each rank's
+    forward time (its own work before the step's collectives), which names the slow one."""
+    rank = "{{instance}} {{role}} rank {{local_rank}}"
+    return (row("Stragglers"), [
+        (timeseries("Step time per rank (p50)", "Median optimizer step period of each rank. In "
+                    "synchronous DDP it is the same on every rank (the all-reduce waits for the "
+                    "slowest), so it shows that the job is slow, not which rank makes it so.",
+                    [quantiles("elastiscope_worker_step_duration_seconds", "instance, role, local_rank")[0]],
+                    unit="s"), 12, 8),
+        (timeseries("Forward time per rank", "Mean time of each rank's DDP forward passes per "
+                    "step: the work it does on its own before the step's collectives. A straggler "
+                    "stands out here.",
+                    targets((f"max by (instance, role, local_rank) (elastiscope_worker_forward_seconds{{{AGENT}}})",
+                             rank)), unit="s"), 12, 8),
+        (timeseries("Forward time over the median", "Each rank's forward time over the job's "
+                    "median (all nodes; the recording rule) and over its local peers' median (its "
+                    "agent's comparison). Over 1.5 for 10 steps, the agent flags it.",
+                    targets((f"max by (instance, role, local_rank) (instance_role_local_rank:"
+                             f"elastiscope_worker_forward_seconds:ratio_to_job_median{{{AGENT}}})", rank + " job"),
+                            (f"max by (instance, role, local_rank) (elastiscope_worker_straggler_ratio{{{AGENT}}})",
+                             rank + " node"))), 12, 8),
+        (panel("state-timeline", "Flagged stragglers", "1 while the agent flags a rank a straggler "
+               "(elastiscope.worker.straggler until elastiscope.worker.straggler_recovered).",
+               targets((f"max by (instance, role, local_rank) (elastiscope_worker_straggler{{{AGENT}}})", rank)),
+               options={"showValue": "never", "mergeValues": True, "rowHeight": 0.9},
+               defaults={"thresholds": _thresholds([(None, "green"), (1, "red")]),
+                         "color": {"mode": "thresholds"}}), 12, 8),
     ])
 
 

@@ -44,6 +44,8 @@ EVENT_KINDS_AT_ZERO = (
     (names.ATTEMPT_GOODPUT, names.AGENT),
     (names.WORKER_STALLED, names.AGENT),
     (names.WORKER_STALL_ENDED, names.AGENT),
+    (names.WORKER_STRAGGLER, names.WORKER),
+    (names.WORKER_STRAGGLER_RECOVERED, names.WORKER),
 )
 
 # (outcome, retried) label values of elastiscope_runs_total: every way a run can finish.
@@ -221,6 +223,23 @@ CATALOGUE: tuple[Series, ...] = (
            "Stalls found (each elastiscope.worker.stalled event; workers due within a second of "
            "each other are found together).",
            names.WORKER_STALLED, zero="at run start"),
+    # Stragglers (agent/stragglers.py): each worker's forward time against its local peers'.
+    Series("elastiscope_worker_forward_seconds", "gauge", ("role", "local_rank"),
+           "Mean time of a worker's DDP forward passes per training step, over its latest "
+           "steps (at least 5; the agent reads about once a second): the work a rank does on its "
+           "own before the step's collectives, which a straggler takes longer over.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.forward_seconds",
+           when="workers training with DistributedDataParallel (local agent)"),
+    Series("elastiscope_worker_straggler_ratio", "gauge", ("role", "local_rank"),
+           "A worker's forward seconds over the median of the other local workers' (1: like its "
+           "peers; 3: three times slower).",
+           "put_metric workers.<role>.worker.<local_rank>.progress.straggler_ratio",
+           when="DistributedDataParallel workers with local peers (local agent)"),
+    Series("elastiscope_worker_straggler", "gauge", ("role", "local_rank"),
+           "1 while a worker is flagged a straggler (its ratio stayed over the threshold for the "
+           "configured number of steps), 0 otherwise.",
+           "put_metric workers.<role>.worker.<local_rank>.progress.straggler",
+           when="DistributedDataParallel workers with local peers (local agent)"),
     Series("elastiscope_events_total", "counter", ("name", "source"),
            "Events published, by event name and source.", "every event",
            zero="at configure: each documented event kind with a fixed name, with its source(s)"),

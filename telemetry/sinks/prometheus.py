@@ -334,6 +334,9 @@ class PrometheusSink(Sink):
         # stalls (agent/stall_watch.py)
         "stalled": "elastiscope_worker_stalled",
         "seconds_since_progress": "elastiscope_worker_seconds_since_progress",
+        "forward_seconds": "elastiscope_worker_forward_seconds",
+        "straggler_ratio": "elastiscope_worker_straggler_ratio",
+        "straggler": "elastiscope_worker_straggler",
     }
 
     def _worker_progress(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
