@@ -42,7 +42,7 @@ from agent.processes import (
     StandbyPool,
     WorkerLaunch,
     WorkerSet,
-    read_usage,
+    publish_usage,
     shared_invocation,
 )
 from agent.goodput import GoodputView
@@ -57,7 +57,6 @@ from agent.worker_failures import FailureReporter, failed_at
 from agent.worker_logs import log_tee_for
 from agent.worker_status import group_status
 from telemetry import names
-from telemetry.events import put_metric
 
 __all__ = ["LocalElasticAgent", "DEFAULT_SIGNALS_TO_HANDLE"]
 
@@ -153,7 +152,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._stall_found: StallFound | None = None
         self._stall_verdict: str | None = None  # what the run loop does with a stall's result
         stragglers = StragglerDetector(spec.role, straggler_threshold, straggler_steps,
-                                       describe=self._worker_identity)
+                                       describe=lambda rank: run_events.worker_identity(self._worker_group, rank))
         self._progress = ProgressChannels(
             [ProgressMetrics(spec.role), self._goodput, self._stalls.detector, stragglers])
         self._progress_site = SITE_DIR if count_optimizer_steps else None
@@ -421,32 +420,14 @@ class LocalElasticAgent(SimpleElasticAgent):
     def _failure_attribution(self) -> dict[str, Any]:
         return self._failures.attribution()
 
-    def _worker_identity(self, local_rank: int) -> dict[str, Any]:
-        """Who a worker is, for an event the agent publishes about it."""
-        group = self._worker_group
-        fields = run_events.identity(group)
-        worker = next((w for w in group.workers if w.local_rank == local_rank), None)
-        fields.update(global_rank=worker.global_rank if worker is not None else None, local_rank=local_rank)
-        return fields
-
     def _sample_resources(self, workers: WorkerSet) -> None:
         role = self._worker_group.spec.role
         standbys = self._standbys
         if standbys is not None and standbys.preload:
             if self._preload.measure(standbys.pids):
                 self._standby_due = time.monotonic()  # refilled bare at the next chore
-            rss, pss = self._preload.last_memory or (0, 0)
-            put_metric(f"workers.{role}.standby.rss_bytes", rss)
-            put_metric(f"workers.{role}.standby.pss_bytes", pss)
-        for proc in workers.workers:
-            if not proc.running:
-                continue
-            usage = read_usage(proc.pid)
-            if usage is None:
-                continue
-            proc.cpu_seconds, proc.rss_bytes = usage
-            put_metric(f"workers.{role}.worker.{proc.local_rank}.cpu_seconds", proc.cpu_seconds)
-            put_metric(f"workers.{role}.worker.{proc.local_rank}.rss_bytes", proc.rss_bytes)
+            self._preload.publish_memory(role)
+        publish_usage(role, workers.workers)
 
     # ---- stopping ----------------------------------------------------------------------
 

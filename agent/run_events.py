@@ -66,6 +66,15 @@ def identity(group: WorkerGroup) -> dict[str, Any]:
     }
 
 
+def worker_identity(group: WorkerGroup, local_rank: int) -> dict[str, Any]:
+    """Who a worker is, for an event the agent publishes about it: the group's identity, the
+    worker's global rank (None if the group has no such worker) and its local rank."""
+    fields = identity(group)
+    worker = next((w for w in group.workers if w.local_rank == local_rank), None)
+    fields.update(global_rank=worker.global_rank if worker is not None else None, local_rank=local_rank)
+    return fields
+
+
 def emit_agent_event(group: WorkerGroup, kind: str, **metadata: Any) -> None:
     """Emit an AGENT event of ``kind``: the group's identity, then ``metadata``."""
     try:

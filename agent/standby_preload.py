@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterable
 
 from agent.processes.usage import maps_file, read_memory
+from telemetry.events import put_metric
 
 __all__ = ["TORCH_FIRST_STEP", "DEFAULT_MEMORY_LIMIT", "StandbyPreload"]
 
@@ -70,6 +71,12 @@ class StandbyPreload:
             self.workers_use_torch = True
         chosen = TORCH_FIRST_STEP if self.workers_use_torch else ()
         return chosen + tuple(m for m in self.extra if m not in chosen)
+
+    def publish_memory(self, role: str) -> None:
+        """The waiting standbys' memory as last measured (RSS and PSS, bytes; 0 before any)."""
+        rss, pss = self.last_memory or (0, 0)
+        put_metric(f"workers.{role}.standby.rss_bytes", rss)
+        put_metric(f"workers.{role}.standby.pss_bytes", pss)
 
     def measure(self, standby_pids: Iterable[int]) -> bool:
         """Sample the waiting standbys' memory; True if they exceed the limit (from then on,

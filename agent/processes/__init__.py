@@ -22,7 +22,7 @@ The pieces, each in a module of its own:
   SIGKILL).
 * :mod:`~agent.processes.log_tee` (:class:`LogTee`) -- copies redirected log files to the
   console with a per-rank prefix.
-* :mod:`~agent.processes.usage` (:func:`read_usage`) -- CPU seconds and resident memory of a
+* :mod:`~agent.processes.usage` (:func:`read_usage`, :func:`publish_usage`) -- CPU seconds and resident memory of a
   process, from ``/proc``.
 
 No orphans: each worker asks the kernel for SIGKILL when its parent dies and then checks that
@@ -44,7 +44,7 @@ from agent.processes.standby import (
     standby_argv,
     standby_job,
 )
-from agent.processes.usage import read_usage
+from agent.processes.usage import publish_usage, read_usage
 from agent.processes.workers import WorkerLaunch, WorkerProcess, WorkerSet
 
 __all__ = [
@@ -61,6 +61,6 @@ __all__ = [
     "standby_job",
     "LogTee",
     "TeeRoute",
-    "read_usage",
+    "publish_usage", "read_usage",
     "die_with_parent",
 ]

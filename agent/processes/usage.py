@@ -4,6 +4,10 @@ from ``/proc``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Any
+
+from telemetry.events import put_metric
 
 __all__ = ["read_usage", "read_memory", "maps_file"]
 
@@ -61,3 +65,17 @@ def maps_file(pid: int, fragment: str) -> bool:
             return any(needle in line for line in f)
     except OSError:
         return False
+
+
+def publish_usage(role: str, workers: Iterable[Any]) -> None:
+    """Read each running worker's CPU seconds and resident memory, keep them on the worker
+    (``cpu_seconds``, ``rss_bytes``: /status shows them) and publish them as metric points."""
+    for proc in workers:
+        if not proc.running:
+            continue
+        usage = read_usage(proc.pid)
+        if usage is None:
+            continue
+        proc.cpu_seconds, proc.rss_bytes = usage
+        put_metric(f"workers.{role}.worker.{proc.local_rank}.cpu_seconds", proc.cpu_seconds)
+        put_metric(f"workers.{role}.worker.{proc.local_rank}.rss_bytes", proc.rss_bytes)
