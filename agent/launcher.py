@@ -86,7 +86,7 @@ class LaunchConfig:
         if (self.numa_options is None and torch.cuda.is_available()
                 and torch.cuda.device_count() == self.nproc_per_node):
             # One worker per GPU: bind each near its GPU, as torch does by default.
-            from torch.numa.binding import get_default_numa_options
+            from torch._utils_internal import get_default_numa_options
 
             self.numa_options = get_default_numa_options()
         if self.shutdown_timeout is None:
