@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import functools
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -326,6 +327,33 @@ class RunResult:
         return self.state == WorkerState.FAILED
 
 
+def _parameters(method: Callable) -> list[inspect.Parameter] | None:
+    """A bound method's parameters, or None when it has no signature to read (a builtin)."""
+    try:
+        return list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return None
+
+
+def _takes_keyword(parameters: list[inspect.Parameter] | None, name: str) -> bool:
+    """Whether ``name=`` can be passed (a parameter of that name, or ``**kwargs``)."""
+    if parameters is None:  # unknown: do not guess
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        for p in parameters
+    )
+
+
+def _takes_positional(parameters: list[inspect.Parameter] | None) -> bool:
+    """Whether one positional argument can be passed (unknown signatures are assumed to)."""
+    if parameters is None:
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in parameters)
+
+
 def _get_fq_hostname() -> str:
     return fq_hostname()
 
@@ -400,10 +428,11 @@ class SimpleElasticAgent(ElasticAgent):
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
         """Release everything the agent holds: stop workers with ``death_sig``, SIGKILL after ``timeout``.
 
-        ``run()`` calls ``self._shutdown()`` with no arguments on a normal exit and
-        ``self._shutdown(sigval)`` after a signal, so subclasses written as ``_shutdown(self)``
-        keep working; implementations take their grace period from ``self._shutdown_timeout``
-        when no timeout is passed.
+        ``run()`` passes the signal (after one) positionally and, when the method takes a
+        ``timeout`` parameter (torch 2.13's signature), ``timeout=self._shutdown_timeout`` as
+        torch's agent does; subclasses written as ``_shutdown(self)`` or
+        ``_shutdown(self, death_sig)`` get no ``timeout`` and keep working
+        (see ``_call_shutdown``).
         """
         raise NotImplementedError
 
@@ -572,18 +601,34 @@ class SimpleElasticAgent(ElasticAgent):
         except SignalException as e:
             outcome = run_events.OUTCOME_SIGNALED
             logger.warning("received %s, shutting down workers", e.sigval.name)
-            self._shutdown(e.sigval)
+            self._call_shutdown(e.sigval)
             shutdown_done = True
             raise
         finally:
             if not shutdown_done:
-                self._shutdown()
+                self._call_shutdown()
             # Also set on errors, so the final events carry the real duration.
             self._total_execution_time = int(time.monotonic() - started)
             run_events.run_end(
                 self._worker_group, outcome, self._total_execution_time, self._remaining_restarts,
                 attribution=self._failure_attribution(), summary=self._run_end_summary(),
             )
+
+    def _call_shutdown(self, death_sig: signal.Signals | None = None) -> None:
+        """``self._shutdown`` as its signature allows: the signal (after one) positionally,
+        and the agent's ``shutdown_timeout`` as ``timeout=`` when the method takes it.
+
+        torch 2.13 always passes ``timeout=``, which a subclass written for an older torch
+        (``_shutdown(self)``, ``_shutdown(self, death_sig)``) cannot take; a ``_shutdown(self)``
+        cannot take the signal either, and stops its workers its own way.
+        """
+        shutdown = self._shutdown
+        parameters = _parameters(shutdown)
+        kwargs = {"timeout": self._shutdown_timeout} if _takes_keyword(parameters, "timeout") else {}
+        if death_sig is not None and _takes_positional(parameters):
+            shutdown(death_sig, **kwargs)
+        else:
+            shutdown(**kwargs)
 
     def get_event_failed(self) -> Event:
         return self._construct_event(

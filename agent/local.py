@@ -16,6 +16,7 @@ process layer of :mod:`agent.processes` underneath:
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import operator
 import os
@@ -58,9 +59,27 @@ from agent.worker_logs import log_tee_for
 from agent.worker_status import group_status
 from telemetry import names
 
-__all__ = ["LocalElasticAgent", "DEFAULT_SIGNALS_TO_HANDLE"]
+__all__ = [
+    "LocalElasticAgent",
+    "DEFAULT_SIGNALS_TO_HANDLE",
+    "TORCHELASTIC_ENABLE_FILE_TIMER",
+    "TORCHELASTIC_TIMER_FILE",
+    "TORCHELASTIC_HEALTH_CHECK_PORT",
+    "TORCHELASTIC_UNINTERRUPTIBLE_STATE_TIMEOUT",
+    "start_processes",
+]
 
 logger = logging.getLogger(__name__)
+
+# The environment variables torch's module names, under the same names, for code that imports
+# them from here. Workers inherit the agent's environment, so a TORCHELASTIC_TIMER_FILE or
+# TORCHELASTIC_HEALTH_CHECK_PORT set for the agent reaches them as it does under torch. This
+# agent starts neither torch's FileTimerServer nor its health-check server: its liveness is
+# the endpoint's /healthz, and a stuck worker is what the progress channel shows.
+TORCHELASTIC_ENABLE_FILE_TIMER = "TORCHELASTIC_ENABLE_FILE_TIMER"
+TORCHELASTIC_HEALTH_CHECK_PORT = "TORCHELASTIC_HEALTH_CHECK_PORT"
+TORCHELASTIC_TIMER_FILE = "TORCHELASTIC_TIMER_FILE"
+TORCHELASTIC_UNINTERRUPTIBLE_STATE_TIMEOUT = "TORCHELASTIC_UNINTERRUPTIBLE_STATE_TIMEOUT"
 
 # Standbys start this long after an attempt's workers, so as not to slow their own start-up.
 STANDBY_DELAY_S = 0.2
@@ -68,6 +87,25 @@ STANDBY_DELAY_S = 0.2
 # up to the cap (reading their memory maps is cheap, but not free for the whole job).
 PRELOAD_RECHECK_S = (0.5, 30.0)
 _worker_id = operator.attrgetter("id")
+
+
+def start_processes(
+    launches: list[WorkerLaunch],
+    spawner: ProgramSpawner | None = None,
+    mp_context: Any = None,
+    standbys: StandbyPool | None = None,
+) -> WorkerSet:
+    """Start one attempt's workers: the agent's one call into the process layer.
+
+    torch's agent starts its workers through ``start_processes`` in its module, and tests
+    patch that name to stand in for real processes. This agent looks the name up here at
+    every start in the same way, so patching ``agent.local.start_processes`` replaces the
+    process layer too. The arguments are the agent's prepared launches (not torch's
+    ``name, entrypoint, args, envs, logs_specs, ...``); a stand-in is used as torch uses
+    its ``PContext``: ``pids()`` for the worker ids, and ``close()`` once the attempt is over
+    (after ``stop(death_sig, grace)``). Only a real ``WorkerSet`` is sampled for CPU and memory.
+    """
+    return WorkerSet.start(launches, spawner=spawner, mp_context=mp_context, standbys=standbys)
 
 
 class LocalElasticAgent(SimpleElasticAgent):
@@ -214,7 +252,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         mp_context = None
         if not isinstance(spec.entrypoint, str):
             mp_context = multiprocessing.get_context(self._start_method)
-        workers = WorkerSet.start(
+        workers = start_processes(
             launches, spawner=spawner, mp_context=mp_context, standbys=self._standbys
         )
         with self._status_lock:
@@ -229,7 +267,8 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._all_running = True
         self._looked_for_exits = False
         self._log_tee = log_tee_for(worker_group, logs, self._log_line_prefix_template).start()
-        self._next_sample = time.monotonic()
+        # A stand-in for the process layer (see start_processes) has no processes of ours to read.
+        self._next_sample = time.monotonic() if isinstance(workers, WorkerSet) else math.inf
         self._plan_standbys(spec)
         return workers.pids()
 

@@ -361,13 +361,13 @@ def test_run_records_metrics_and_worker_events_once_then_shuts_down(api):
     shutdown.assert_called_once()
 
 
-def test_run_calls_shutdown_without_arguments_on_normal_exit(api):
-    ours_only(api, "torch passes timeout=")
+def test_run_passes_the_shutdown_timeout_to_a_shutdown_that_takes_it(api):
     agent = agent_class(api)(make_spec(api))
+    agent._shutdown_timeout = 7
     with patch.object(agent, "_invoke_run", return_value=result(api, api.WorkerState.SUCCEEDED)), \
          patch.object(agent, "_record_worker_events"), patch.object(agent, "_shutdown") as shutdown:
         agent.run()
-    assert shutdown.call_args == call()
+    assert shutdown.call_args == call(timeout=7)
 
 
 def test_run_signal_shuts_down_with_the_signal_then_reraises(api):
@@ -380,14 +380,42 @@ def test_run_signal_shuts_down_with_the_signal_then_reraises(api):
     assert shutdown.call_args.args[0] == signal.SIGTERM
 
 
-def test_run_signal_reaches_shutdown_positionally_only(api):
-    ours_only(api, "torch passes timeout=")
+def test_run_signal_reaches_shutdown_positionally_with_the_timeout_by_name(api):
     agent = agent_class(api)(make_spec(api, max_restarts=0))
+    agent._shutdown_timeout = 9
     with patch.object(agent, "_invoke_run", side_effect=SignalException("int", sigval=signal.SIGINT)), \
-         patch.object(agent, "_shutdown") as shutdown:
+         patch.object(agent, "_shutdown") as shutdown, patch(f"{api.__name__}.put_metric"):
         with pytest.raises(SignalException):
             agent.run()
-    assert shutdown.call_args == call(signal.SIGINT)
+    assert shutdown.call_args == call(signal.SIGINT, timeout=9)
+
+
+@pytest.mark.parametrize("style", ["no parameters", "death_sig only", "torch 2.13"])
+def test_each_shutdown_signature_gets_what_it_can_take(api, style):
+    if style != "torch 2.13":
+        ours_only(api, "torch calls _shutdown(timeout=...), which an older-style subclass cannot take")
+    seen: list = []
+
+    class Agent(agent_class(api)):
+        if style == "no parameters":
+            def _shutdown(self):
+                seen.append(())
+        elif style == "death_sig only":
+            def _shutdown(self, death_sig=signal.SIGTERM):
+                seen.append((death_sig,))
+        else:
+            def _shutdown(self, death_sig=signal.SIGTERM, timeout=30):
+                seen.append((death_sig, timeout))
+
+    agent = Agent(make_spec(api, max_restarts=0))
+    agent._shutdown_timeout = 4
+    with patch.object(agent, "_invoke_run", side_effect=SignalException("term", sigval=signal.SIGTERM)), \
+         patch(f"{api.__name__}.put_metric"):
+        with pytest.raises(SignalException):
+            agent.run()
+    expected = {"no parameters": (), "death_sig only": (signal.SIGTERM,),
+                "torch 2.13": (signal.SIGTERM, 4)}[style]
+    assert seen == [expected]
 
 
 def test_run_graceful_rendezvous_exit_ends_quietly(api):

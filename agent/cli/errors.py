@@ -10,8 +10,12 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 
 
-class UsageError(Exception):
-    """Bad input from the person at the keyboard: one line on stderr, exit status 2."""
+class UsageError(ValueError):
+    """Bad input: one line on stderr and exit status 2 on the command line.
+
+    A ValueError, because that is what torch's launcher raises for bad input when it is called
+    from code (``torch.distributed.run.main(args)``), and ``agent.run.main`` raises this.
+    """
 
 
 class JobError(Exception):

@@ -29,7 +29,8 @@ from agent.cli.validate import (
     parse_rdzv_conf,
 )
 
-__all__ = ["LaunchPlan", "plan_launch", "settle_rendezvous", "resolve_nproc"]
+__all__ = ["LaunchPlan", "LaunchParts", "plan_launch", "launch_parts", "settle_rendezvous",
+           "resolve_nproc"]
 
 log = logging.getLogger("agent.cli")
 
@@ -110,20 +111,27 @@ def _entrypoint_name(entrypoint: Callable | str, args: list[str]) -> str:
     return entrypoint
 
 
-def _logs_specs_class(name: str | None):
+def _logs_specs_class(name: str | None, entry_points: Callable[[], Any] | None = None):
+    """torchrun's plugin point: the ``torchrun.logs_specs`` entry point called ``name``.
+
+    ``entry_points`` is ``importlib.metadata.entry_points`` unless the caller has its own (the
+    module API passes the one its module names, so that patching it there takes effect).
+    """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
 
     if name is None:
         return DefaultLogsSpecs
-    from importlib import metadata  # reads every installed distribution: only when asked to
+    if entry_points is None:
+        from importlib import metadata  # reads every installed distribution: only when asked to
 
-    found = metadata.entry_points().select(group="torchrun.logs_specs", name=name)
-    if not found:
+        entry_points = metadata.entry_points
+    group = entry_points().select(group="torchrun.logs_specs")
+    if not group.select(name=name):
         raise UsageError(f"--logs-specs {name!r}: no such torchrun.logs_specs entry point")
-    return next(iter(found)).load()
+    return group[name].load()
 
 
-def _logs_specs(args: argparse.Namespace) -> Any:
+def _logs_specs(args: argparse.Namespace, entry_points: Callable[[], Any] | None = None) -> Any:
     from torch.distributed.elastic.multiprocessing import Std
 
     try:
@@ -131,7 +139,7 @@ def _logs_specs(args: argparse.Namespace) -> Any:
     except ValueError:
         raise UsageError(f"--redirects/--tee must be 0-3 or LOCAL_RANK:N,..., not "
                          f"{args.redirects!r}/{args.tee!r}") from None
-    return _logs_specs_class(args.logs_specs)(
+    return _logs_specs_class(args.logs_specs, entry_points)(
         log_dir=args.log_dir, redirects=redirects, tee=tee,
         local_ranks_filter=parse_ranks_filter(args.local_ranks_filter),
     )
@@ -218,6 +226,27 @@ def _stall_policy(args: argparse.Namespace) -> StallPolicy:
     return StallPolicy(timeout=timeout if isinstance(timeout, float) else None,
                        first_step_timeout=args.first_step_timeout, action=args.on_stall,
                        enabled=timeout is not None)
+
+
+class LaunchParts(NamedTuple):
+    """What the checked arguments say to launch, before any rendezvous is reached."""
+    rdzv_endpoint: str
+    rdzv_conf: dict[str, Any]
+    logs_specs: Any
+    numa_options: Any
+    entrypoint: Callable | str
+    cmd_args: list[str]
+    agent_options: dict[str, Any]  # LocalElasticAgent's keyword arguments besides the spec
+
+
+def launch_parts(args: argparse.Namespace, entry_points: Callable[[], Any] | None = None) -> LaunchParts:
+    """The launch as torchrun reads it from ``args`` (``agent.run.config_from_args`` uses it);
+    ``entry_points`` as for ``--logs-specs`` plugins (``importlib.metadata``'s by default)."""
+    rendezvous = _rendezvous(args)
+    logs_specs = _logs_specs(args, entry_points)
+    entrypoint, cmd_args = _entrypoint(args)
+    return LaunchParts(rendezvous.endpoint, rendezvous.conf, logs_specs, _numa_options(args),
+                       entrypoint, cmd_args, _agent_options(args, logs_specs))
 
 
 def plan_launch(args: argparse.Namespace, nproc: int) -> LaunchPlan:
