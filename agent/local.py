@@ -57,6 +57,13 @@ from agent.worker_env import progress_env, stack_dump_env, substitute_local_rank
 from agent.worker_failures import FailureReporter, failed_at
 from agent.worker_logs import log_tee_for
 from agent.worker_status import group_status
+from agent.local_names import (  # torch's module offers them: code imports and patches them here
+    TORCHELASTIC_ENABLE_FILE_TIMER,
+    TORCHELASTIC_HEALTH_CHECK_PORT,
+    TORCHELASTIC_TIMER_FILE,
+    TORCHELASTIC_UNINTERRUPTIBLE_STATE_TIMEOUT,
+    start_processes,
+)
 from telemetry import names
 
 __all__ = [
@@ -71,41 +78,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The environment variables torch's module names, under the same names, for code that imports
-# them from here. Workers inherit the agent's environment, so a TORCHELASTIC_TIMER_FILE or
-# TORCHELASTIC_HEALTH_CHECK_PORT set for the agent reaches them as it does under torch. This
-# agent starts neither torch's FileTimerServer nor its health-check server: its liveness is
-# the endpoint's /healthz, and a stuck worker is what the progress channel shows.
-TORCHELASTIC_ENABLE_FILE_TIMER = "TORCHELASTIC_ENABLE_FILE_TIMER"
-TORCHELASTIC_HEALTH_CHECK_PORT = "TORCHELASTIC_HEALTH_CHECK_PORT"
-TORCHELASTIC_TIMER_FILE = "TORCHELASTIC_TIMER_FILE"
-TORCHELASTIC_UNINTERRUPTIBLE_STATE_TIMEOUT = "TORCHELASTIC_UNINTERRUPTIBLE_STATE_TIMEOUT"
-
 # Standbys start this long after an attempt's workers, so as not to slow their own start-up.
 STANDBY_DELAY_S = 0.2
 # While it is not known whether the workers use torch, look again after this long, doubling
 # up to the cap (reading their memory maps is cheap, but not free for the whole job).
 PRELOAD_RECHECK_S = (0.5, 30.0)
 _worker_id = operator.attrgetter("id")
-
-
-def start_processes(
-    launches: list[WorkerLaunch],
-    spawner: ProgramSpawner | None = None,
-    mp_context: Any = None,
-    standbys: StandbyPool | None = None,
-) -> WorkerSet:
-    """Start one attempt's workers: the agent's one call into the process layer.
-
-    torch's agent starts its workers through ``start_processes`` in its module, and tests
-    patch that name to stand in for real processes. This agent looks the name up here at
-    every start in the same way, so patching ``agent.local.start_processes`` replaces the
-    process layer too. The arguments are the agent's prepared launches (not torch's
-    ``name, entrypoint, args, envs, logs_specs, ...``); a stand-in is used as torch uses
-    its ``PContext``: ``pids()`` for the worker ids, and ``close()`` once the attempt is over
-    (after ``stop(death_sig, grace)``). Only a real ``WorkerSet`` is sampled for CPU and memory.
-    """
-    return WorkerSet.start(launches, spawner=spawner, mp_context=mp_context, standbys=standbys)
 
 
 class LocalElasticAgent(SimpleElasticAgent):
@@ -120,22 +98,12 @@ class LocalElasticAgent(SimpleElasticAgent):
     the stop signal and SIGKILL. ``resource_sample_interval`` is how often (seconds) each
     worker's CPU time and memory are sampled.
 
-    ``warm_standby``: when the workers are this interpreter running a script (or ``-m``
-    module) and a restart is possible, keep one standby interpreter per worker started ahead
-    of time, so that a restart does not wait for interpreter start-up (see
-    :mod:`agent.processes.standby`). Set it False to always start workers cold.
-    ``preload``: modules the standbys import while they wait, on top of what a torch job's
-    first step imports (added once the workers are seen to load torch; ``preload_torch``
-    False leaves it out); ``standby_memory_limit`` bounds the preloaded standbys'
-    proportional memory in bytes (None: unbounded). See :mod:`agent.standby_preload`.
-
-    ``count_optimizer_steps``: each worker's ``optimizer.step()`` counts as a training step
-    (a hook arranged at worker start, see :mod:`elastiscope.progress_hook`); False leaves only
-    the steps a script reports through :mod:`elastiscope.progress`.
-
-    ``straggler_threshold``, ``straggler_steps``: a worker whose forward time stays over
-    ``straggler_threshold`` times its local peers' median for ``straggler_steps`` steps is
-    flagged a straggler (see :mod:`agent.stragglers`).
+    ``warm_standby``, ``preload``, ``preload_torch``, ``standby_memory_limit``: standby
+    interpreters started ahead for the next attempt, and what they import while they wait
+    (:mod:`agent.processes.standby`, :mod:`agent.standby_preload`). ``count_optimizer_steps``:
+    every ``optimizer.step()`` is a training step (:mod:`elastiscope.progress_hook`).
+    ``straggler_threshold``, ``straggler_steps``: see :mod:`agent.stragglers`;
+    ``stall_policy``: see :mod:`agent.stalls`.
 
     Run it from the thread that should own the workers (normally the main thread, where the
     termination signals are handled): workers are tied to the life of that thread.
@@ -327,7 +295,7 @@ class LocalElasticAgent(SimpleElasticAgent):
     def _wait_for_change(self, interval: float) -> None:
         """Return after ``interval``, or as soon as a worker exits; sample resources when due."""
         workers = self._workers
-        if workers is None:
+        if not isinstance(workers, WorkerSet):  # none yet, or a stand-in (see start_processes)
             time.sleep(interval)
             return
         # Runs ten times a second for the whole job: in the common case one wait, and chores
@@ -339,7 +307,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             if self._look_for_stalls(workers):
                 return
         deadline = now + interval
-        stall_due = self._stall_due(now, workers)
+        stall_due = self._stalls.due_monotonic(now, {w.local_rank for w in workers.workers if w.running})
         if stall_due is not None and stall_due < deadline:
             deadline = stall_due  # a stall is found at its deadline, not at the next pass
         while True:
@@ -363,11 +331,6 @@ class LocalElasticAgent(SimpleElasticAgent):
                 # makes the next wait return at once.
                 self._looked_for_exits = waited
                 return
-
-    def _stall_due(self, now: float, workers: WorkerSet) -> float | None:
-        """The monotonic moment a running worker could be found stalled, if any."""
-        due = self._stalls.due({w.local_rank for w in workers.workers if w.running})
-        return None if due is None else now + max(0.0, due - time.time())
 
     def _look_for_stalls(self, workers: WorkerSet) -> bool:
         """Look for stalls in the records as last read; True when one needs the monitor (the

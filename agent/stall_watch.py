@@ -71,6 +71,11 @@ class StallWatch:
         None: not before new progress."""
         return self.detector.deadline(running)
 
+    def due_monotonic(self, now: float, running: set[int]) -> float | None:
+        """``due`` on the monotonic clock whose reading is ``now``."""
+        due = self.due(running)
+        return None if due is None else now + max(0.0, due - time.time())
+
     def publish(self, now: float) -> None:
         """Seconds since each reporting worker's last progress (every progress poll)."""
         for local_rank, seconds in self.detector.seconds_since_progress(now).items():
