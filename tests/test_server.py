@@ -165,7 +165,8 @@ def test_metrics_scrape_is_noted_for_the_end_of_job_linger(serve):
     server = serve()
     assert server.last_scrape is None
     httpx.get(server.url + "/metrics")
-    assert server.last_scrape is not None
+    # Noted once the answer has gone out (a background task): soon after the client has it.
+    wait_until(lambda: server.last_scrape is not None, 30, "the scrape to be noted")
 
 
 # ---- /events and /events/stream ---------------------------------------------------------------

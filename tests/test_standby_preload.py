@@ -98,7 +98,13 @@ def test_a_preloaded_worker_sees_what_a_cold_one_sees(tmp_path):
 
 def test_preload_waits_until_the_workers_use_torch(tmp_path):
     preload = StandbyPreload(extra=("json",))
-    assert preload.modules([os.getpid()]) == ("json",)  # pytest's process has no libtorch
+    # A process without libtorch (not pytest's own: earlier tests may have imported torch).
+    bare = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert preload.modules([bare.pid]) == ("json",)
+    finally:
+        bare.kill()
+        bare.wait()
     assert preload.undecided
     proc = subprocess.Popen([sys.executable, "-c", "import torch, sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:

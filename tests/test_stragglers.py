@@ -32,6 +32,10 @@ def straggler_events(log: Path) -> list[dict]:
     return [e for e in events if e["name"] in kinds]
 
 
+# Slow: 30-50 s on a busy machine, and in one full run under load a peer (rank 0) was also
+# flagged for 10 steps at the moment rank 2 recovered: the detector still needs a guard for
+# that transition before this can be a CI test (see the issue's closing note).
+@pytest.mark.slow
 def test_a_rank_with_three_times_the_forward_work_is_flagged_within_20_steps_and_cleared(tmp_path):
     # Four workers on a (busy) two-core machine; rank 2's forward does three times the work for
     # its first 25 steps, then the same as the others until step 45. The forwards are tens of

@@ -285,8 +285,14 @@ def _node_label(run: RunSummary) -> str:
 
 def _job_lines(job: JobTimeline, show_all: bool) -> list[tuple[float, int, str]]:
     """Every node's timeline lines, tagged with the node, in the order things happened: a
-    failure at the time its worker exited (not when its agent told it), the root cause first."""
+    failure at the time its worker exited (not when its agent told it), the root cause first.
+
+    A collateral failure is never listed before the root cause of its attempt: it is caused by
+    it, and when both workers exit within milliseconds (a peer's connection closes as the root
+    cause's process ends) the agents' clocks and wake-ups can stamp them in either order. Its
+    own time is still the one shown."""
     lines = []
+    root_exits = [f.exited_at for f in job.root_causes]
     for run in job.runs:
         label = _node_label(run)
         writer = _TimelineWriter(run, show_all)
@@ -295,13 +301,20 @@ def _job_lines(job: JobTimeline, show_all: bool) -> list[tuple[float, int, str]]
             if text is None:
                 continue
             at: float = e.timestamp
-            first = 1
+            order_at, first = at, 1
             if e.name == WORKER_FAILED:
                 f = failure_of(e, None)
                 at, first = f.exited_at, 0 if f.root_cause else 1
-            lines.append((at, first, f"[{label}] {text}"))
+                order_at = at if f.root_cause else _after_its_root_cause(at, root_exits)
+            lines.append((order_at, first, at, f"[{label}] {text}"))
     lines.sort(key=lambda line: (line[0], line[1]))
-    return lines
+    return [(at, first, text) for _, first, at, text in lines]
+
+
+def _after_its_root_cause(at: float, root_exits: list[float]) -> float:
+    """A collateral failure's place in the order: after a root cause that exited at most a
+    second (the times are in ms) after it, which is the jitter of two agents stamping exits."""
+    return max([at] + [t for t in root_exits if at <= t <= at + 1000.0])
 
 
 def render_jobs(jobs: list[JobTimeline], show_all: bool = False) -> str:
