@@ -349,18 +349,22 @@ def main() -> int:
         p.error("--reps must be at least 1 and every --nproc at least 2 (rank 1 crashes)")
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     results = {"machine": common.machine_info(), "runs": []}
+    errors = []
     for nproc in counts:
         try:
             results["runs"].append(measure(args.reps, nproc, names, args.timeout, progress))
-        except Exception as e:  # one line, not a traceback
-            print(f"error: {nproc} workers: {e}", file=sys.stderr)
-            return 1
+        except Exception as e:  # one line, not a traceback; the other counts still run
+            errors.append(f"error: {nproc} workers: {e}")
+    # What was measured is reported even when a count failed (a launcher whose every restart
+    # failed, say): the errors come last and make the exit status 1.
     if args.json:
         print(json.dumps(results, indent=2))
-        return 0
-    for r in results["runs"]:
-        print_table(r)
-    return 0
+    else:
+        for r in results["runs"]:
+            print_table(r)
+    for error in errors:
+        print(error, file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
