@@ -39,6 +39,9 @@ class StallFound:
                 f"(stall timeout {self.metadata.get('stall_timeout')}s): {self.report.summary()}")
 
 
+_STALE = object()
+
+
 class StallWatch:
     """One per agent. ``begin_attempt`` when workers start; ``due()`` and ``check()`` from the
     monitor loop; ``stacks_now()`` from any thread."""
@@ -56,11 +59,16 @@ class StallWatch:
         self._global: dict[int, int] = {}
         self._attempt = 0
         self._episodes = 0
+        # The earliest deadline (epoch seconds), kept between checks: the monitor asks ten times
+        # a second, and it moves only when the records are read, and every read is followed by
+        # a check. _STALE: to be worked out at the next ask.
+        self._due: float | None | object = _STALE
         self._capture_lock = threading.Lock()  # one capture at a time (monitor or endpoint)
 
     def begin_attempt(self, attempt: int, pids: dict[int, int], dump_files: dict[int, str | None],
                       folders: dict[int, str], local_to_global: dict[int, int]) -> None:
         self._attempt = attempt
+        self._due = _STALE
         self._targets = {lr: StackTarget(pid, dump_files.get(lr)) for lr, pid in pids.items()}
         self._folders, self._global = dict(folders), dict(local_to_global)
         for local_rank in pids:
@@ -72,9 +80,12 @@ class StallWatch:
         return self.detector.deadline(running)
 
     def due_monotonic(self, now: float, running: set[int]) -> float | None:
-        """``due`` on the monotonic clock whose reading is ``now``."""
-        due = self.due(running)
-        return None if due is None else now + max(0.0, due - time.time())
+        """``due`` on the monotonic clock whose reading is ``now``, as of the last check (a
+        worker that has exited since can only make the monitor wake and check once early)."""
+        if self._due is _STALE:
+            self._due = self.due(running)
+        due = self._due
+        return None if due is None else now + max(0.0, due - time.time())  # type: ignore[operator]
 
     def publish(self, now: float) -> None:
         """Seconds since each reporting worker's last progress (every progress poll)."""
@@ -85,6 +96,7 @@ class StallWatch:
     def check(self, identity: dict[str, Any], running: set[int], now: float) -> StallFound | None:
         """Look for new stalls among the ``running`` local ranks; keep the stacks and tell
         before anything is stopped."""
+        self._due = _STALE
         stalled_before = dict(self.detector.stalled)
         new, resumed = self.detector.check(now, running)
         for local_rank in resumed:
