@@ -15,6 +15,16 @@ as many steps recovers (``elastiscope.worker.straggler_recovered``). The same wi
 directions keeps a rank near the threshold from flapping. Steps are counted per read: a read
 that covers k steps adds k to the run (the record keeps sums, not every step).
 
+A rank's forward time is wall time: on a node whose CPUs are oversubscribed (more runnable
+threads than cores), a rank that happened to wait longer for a CPU than its peers shows a longer
+forward without doing more work, and such a lottery can favour one rank for many steps. So the
+comparison weighs each rank's forward time by its *running share* over the same reads: of the
+time its main thread was runnable, the part it spent on a CPU (the scheduler's own accounting,
+``/proc/<pid>/schedstat``). A rank that does three times the work keeps a ratio near three
+however busy the node is; a rank that only waited longer for a CPU does not stand out. On an
+idle node the share is 1 and nothing changes. The exported ``forward_seconds`` stays the wall
+time (what the job-wide recording rule compares across nodes).
+
 Job-wide comparison (across nodes) is Prometheus' (the recording rules in
 ``dashboards/prometheus/rules.yml``), not the agent's: through the rendezvous store every agent
 would write and read every second, load that grows with the nodes on the store the job's
@@ -29,6 +39,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from agent.processes.usage import read_scheduling
 from elastiscope.progress_layout import ProgressSnapshot
 from telemetry import names
 from telemetry.events import emit, put_metric
@@ -47,8 +58,11 @@ SMOOTHING_STEPS = 5  # the fewest steps a worker's mean forward time is taken ov
 class _Worker:
     """What the detector knows of one worker in the current attempt."""
 
-    forward: float | None = None  # mean forward seconds per step over ``reads``
-    reads: deque[tuple[int, float]] = field(default_factory=deque)  # (steps, seconds) per read
+    forward: float | None = None  # mean forward seconds per step over ``reads`` (wall time)
+    judged: float | None = None  # the same, each read weighed by the rank's running share
+    # Per read: (steps, forward seconds, forward seconds x running share).
+    reads: deque[tuple[int, float, float]] = field(default_factory=deque)
+    scheduling: tuple[float, float] | None = None  # (on-CPU, waiting) seconds at the last read
     new_steps: int = 0  # steps with forward time read since the last comparison
     steps: int = 0  # the worker's step count, as last read
     over: int = 0  # consecutive steps over the threshold
@@ -90,29 +104,46 @@ class StragglerDetector:
         worker = self._workers.get(local_rank)
         if worker is None:
             return
+        share = self._running_share(worker, current.pid)
         steps_before, sum_before = (previous.forward_steps, previous.forward_sum) if previous else (0, 0.0)
         new = current.forward_steps - steps_before
         if new <= 0:
             return
+        forward = current.forward_sum - sum_before
         reads = worker.reads
-        reads.append((new, current.forward_sum - sum_before))
-        while len(reads) > 1 and sum(n for n, _ in reads) - reads[0][0] >= SMOOTHING_STEPS:
+        reads.append((new, forward, forward * share))
+        while len(reads) > 1 and sum(read[0] for read in reads) - reads[0][0] >= SMOOTHING_STEPS:
             reads.popleft()
-        worker.forward = sum(t for _, t in reads) / sum(n for n, _ in reads)
+        steps = sum(read[0] for read in reads)
+        worker.forward = sum(read[1] for read in reads) / steps
+        worker.judged = sum(read[2] for read in reads) / steps
         worker.new_steps += new
         worker.steps = current.steps
 
+    @staticmethod
+    def _running_share(worker: _Worker, pid: int) -> float:
+        """Of the time since the last read that ``pid``'s main thread was runnable, the part it
+        ran; 1 when that is unknown (first read, no accounting, or nothing runnable)."""
+        scheduling = read_scheduling(pid) if pid else None
+        before, worker.scheduling = worker.scheduling, scheduling
+        if scheduling is None or before is None:
+            return 1.0
+        ran, waited = scheduling[0] - before[0], scheduling[1] - before[1]
+        if ran <= 0 or waited < 0:
+            return 1.0
+        return ran / (ran + waited)
+
     def polled(self, now: float) -> None:
         """Compare every worker read anew with its peers' median."""
-        known = {rank: w.forward for rank, w in self._workers.items() if w.forward is not None}
+        known = {rank: w.judged for rank, w in self._workers.items() if w.judged is not None}
         for rank, worker in self._workers.items():
             if not worker.new_steps:
                 continue
             self._put(rank, "forward_seconds", worker.forward)
-            peers = [forward for other, forward in known.items() if other != rank]
+            peers = [judged for other, judged in known.items() if other != rank]
             median = statistics.median(peers) if peers else 0.0
             if median > 0:
-                ratio = worker.forward / median
+                ratio = worker.judged / median
                 self._put(rank, "straggler_ratio", ratio)
                 self._judge(rank, worker, ratio, median)
             worker.new_steps = 0
@@ -138,6 +169,7 @@ class StragglerDetector:
                 local_rank=rank,
                 ratio=round(ratio, 3),
                 forward_seconds=worker.forward,
+                weighed_forward_seconds=worker.judged,
                 peer_median_seconds=median,
                 threshold=self.threshold,
                 window_steps=self.steps,

@@ -9,7 +9,7 @@ from typing import Any
 
 from telemetry.events import put_metric
 
-__all__ = ["read_usage", "read_memory", "maps_file"]
+__all__ = ["read_usage", "read_memory", "read_scheduling", "maps_file"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -55,6 +55,18 @@ def read_memory(pid: int) -> tuple[int, int] | None:
     if b"Rss" not in values:
         return None
     return values[b"Rss"], values.get(b"Pss", values[b"Rss"])
+
+
+def read_scheduling(pid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of ``pid``'s main thread, from
+    the scheduler's own accounting (/proc/<pid>/schedstat); None if it is gone or the kernel
+    keeps no such accounting."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            fields = f.read().split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def maps_file(pid: int, fragment: str) -> bool:
