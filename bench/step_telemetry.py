@@ -12,6 +12,10 @@ c. Per DDP training step, in one process (gloo, world size 1, a small model): ze
    in alternating short blocks (a DDP step is ~100x an optimizer step, and so is its noise).
    p50 and p99 of each, and the p50 added; the forward wrapper's own
    cost is also timed around a trivial function. Goal: <= 2 us added at p50.
+d. Where (c)'s optimizer.step() cost goes, same DDP loop: optimizer.step() with no hook, with
+   an empty hook (torch's dispatch alone), with ours, and with ours run twice in a row (the
+   second run finds caches warm: its cost is what the hook's own work costs; the rest of the
+   first is the cost of touching cold memory right after a backward). Blocks in random order.
 b. examples/train_ddp.py on 2 workers under ``elastiscope run`` (hook on) and ``torchrun``,
    alternating launchers; the rate is the script's own (steps over its training loop's seconds).
    Medians with min-max; goal: within noise of torchrun.
@@ -140,6 +144,7 @@ def ddp_step_cost(blocks: int, block_steps: int) -> dict:
         if handle is not None:
             handle.remove()
     ddp._run_ddp_forward = original
+    breakdown = _hook_breakdown(model, optimizer, batch, blocks, block_steps)
     dist.destroy_process_group()
     us = lambda ns: ns / 1000.0  # noqa: E731
     result = {mode: {"p50_us": us(_quantile(v["step"], 0.5)), "p99_us": us(_quantile(v["step"], 0.99)),
@@ -151,7 +156,39 @@ def ddp_step_cost(blocks: int, block_steps: int) -> dict:
         part: us(_quantile(times["on"][part], 0.5) - _quantile(times["off"][part], 0.5))
         for part in ("forward", "optimizer_step")}
     result["forward_wrapper_alone"] = _wrapper_alone(max(20_000, blocks * block_steps))
+    result["optimizer_hook_breakdown"] = breakdown
     return result
+
+
+def _hook_breakdown(model, optimizer, batch, blocks: int, block_steps: int) -> dict:
+    """(d): optimizer.step() in a DDP loop with no hook, an empty one, ours, ours twice."""
+    import random
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from elastiscope import progress_hook
+
+    def ours_twice(opt, args, kwargs):
+        progress_hook.on_optimizer_step(opt, args, kwargs)
+        progress_hook.on_optimizer_step(opt, args, kwargs)
+
+    hooks = {"none": None, "empty": lambda opt, args, kwargs: None,
+             "ours": progress_hook.on_optimizer_step, "ours_twice": ours_twice}
+    times: dict[str, list[int]] = {mode: [] for mode in hooks}
+    clock, chooser = time.perf_counter_ns, random.Random(0)
+    for _ in range(2 * blocks):
+        mode = chooser.choice(list(hooks))
+        handle = register_optimizer_step_post_hook(hooks[mode]) if hooks[mode] else None
+        for _ in range(block_steps):
+            optimizer.zero_grad()
+            model(batch).sum().backward()
+            t0 = clock()
+            optimizer.step()
+            times[mode].append(clock() - t0)
+        if handle is not None:
+            handle.remove()
+    base = _quantile(times["none"], 0.5)
+    return {mode: (_quantile(v, 0.5) - base) / 1000.0 for mode, v in times.items()}
 
 
 def _wrapper_alone(calls: int) -> dict:
@@ -241,6 +278,10 @@ def main(argv=None) -> int:
                   f"by part, p50: forward {parts['forward']:.2f} us, optimizer.step() {parts['optimizer_step']:.2f} us; "
                   f"the forward wrapper alone: p50 {c['forward_wrapper_alone']['p50_us']:.2f} us, "
                   f"p99 {c['forward_wrapper_alone']['p99_us']:.2f} us")
+            d = c["optimizer_hook_breakdown"]
+            print(f"optimizer.step() in a DDP loop, p50 added over no hook: empty hook {d['empty']:.2f} us, "
+                  f"ours {d['ours']:.2f} us, ours twice {d['ours_twice']:.2f} us "
+                  f"(the second run, warm: {d['ours_twice'] - d['ours']:.2f} us)")
         for launcher, r in result.get("step_rate", {}).items():
             print(f"train_ddp.py x2 under {launcher}: median {r['median']:.1f} steps/s "
                   f"(min {r['min']:.1f}, max {r['max']:.1f}, {len(r['runs'])} runs)")
