@@ -59,7 +59,7 @@ class _Worker:
     """What the detector knows of one worker in the current attempt."""
 
     forward: float | None = None  # mean forward seconds per step over ``reads`` (wall time)
-    judged: float | None = None  # the same, each read weighed by the rank's running share
+    weighed: float | None = None  # the same, each read weighed by the rank's running share
     # Per read: (steps, forward seconds, forward seconds x running share).
     reads: deque[tuple[int, float, float]] = field(default_factory=deque)
     scheduling: tuple[float, float] | None = None  # (on-CPU, waiting) seconds at the last read
@@ -116,7 +116,7 @@ class StragglerDetector:
             reads.popleft()
         steps = sum(read[0] for read in reads)
         worker.forward = sum(read[1] for read in reads) / steps
-        worker.judged = sum(read[2] for read in reads) / steps
+        worker.weighed = sum(read[2] for read in reads) / steps
         worker.new_steps += new
         worker.steps = current.steps
 
@@ -135,15 +135,15 @@ class StragglerDetector:
 
     def polled(self, now: float) -> None:
         """Compare every worker read anew with its peers' median."""
-        known = {rank: w.judged for rank, w in self._workers.items() if w.judged is not None}
+        known = {rank: w.weighed for rank, w in self._workers.items() if w.weighed is not None}
         for rank, worker in self._workers.items():
             if not worker.new_steps:
                 continue
             self._put(rank, "forward_seconds", worker.forward)
-            peers = [judged for other, judged in known.items() if other != rank]
+            peers = [weighed for other, weighed in known.items() if other != rank]
             median = statistics.median(peers) if peers else 0.0
             if median > 0:
-                ratio = worker.judged / median
+                ratio = worker.weighed / median
                 self._put(rank, "straggler_ratio", ratio)
                 self._judge(rank, worker, ratio, median)
             worker.new_steps = 0
@@ -169,7 +169,7 @@ class StragglerDetector:
                 local_rank=rank,
                 ratio=round(ratio, 3),
                 forward_seconds=worker.forward,
-                weighed_forward_seconds=worker.judged,
+                weighed_forward_seconds=worker.weighed,
                 peer_median_seconds=median,
                 threshold=self.threshold,
                 window_steps=self.steps,
