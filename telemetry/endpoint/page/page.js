@@ -208,6 +208,9 @@
           onclick: () => showLiveStacks(rank), text: "Stack",
         }) : el("span", { class: "muted", text: "-" })));
     });
+    // Each cell names its column, for the phone layout where rows become cards.
+    const labels = Array.from($("workers").tHead.rows[0].cells, (c) => c.textContent);
+    for (const row of rows) Array.from(row.cells).forEach((cell, i) => cell.setAttribute("data-label", labels[i]));
     body.replaceChildren(...rows);
   }
 
