@@ -299,6 +299,9 @@
         return ["STRAGGLER", "warn", rank + " is a straggler: forward " + Number(md.ratio).toFixed(2) + "× its peers' median"];
       case "elastiscope.worker.straggler_recovered":
         return ["RECOVERED", "ok", rank + " is no longer a straggler"];
+      case "elastiscope.agent.attempt_goodput":
+        return ["ATTEMPT", "info", "attempt " + md.attempt + " ended by " + md.ended_by + ": " + md.steps + " step(s)" +
+          (md.goodput_ratio !== null && md.goodput_ratio !== undefined ? ", goodput " + (100 * md.goodput_ratio).toFixed(1) + " %" : "")];
       case "elastiscope.agent.first_step":
         return ["FIRST STEP", "info", "first step of attempt " + md.attempt];
       case "elastiscope.endpoint.started":
@@ -312,11 +315,16 @@
     }
   }
 
+  // torch's rendezvous steps as bridged (but not the round's completion): hidden unless asked.
+  const isDetail = (e) => e.name.startsWith("elastiscope.rendezvous.") && e.name !== "elastiscope.rendezvous.complete";
+
+  $("all-events").addEventListener("change", (e) => { $("timeline").classList.toggle("brief", !e.target.checked); });
+
   function addEvent(e) {
     if (e.seq <= page.lastSeq) return; // a reconnect never repeats one
     page.lastSeq = e.seq;
     const [label, cls, text] = describe(e);
-    const item = el("li", { "data-name": e.name, "data-seq": e.seq },
+    const item = el("li", { "data-name": e.name, "data-seq": e.seq, class: isDetail(e) ? "detail-event" : null },
       el("time", { datetime: new Date(e.timestamp).toISOString(), text: clock(e.timestamp) }),
       badge(label, cls), " ", el("span", { class: "text", text: text }));
     if (e.name === "elastiscope.worker.stalled") {
