@@ -222,7 +222,7 @@ class Run:
                 "host": str(self.endpoint.host), "port": int(self.endpoint.port),
                 "token_required": bool(args.token), "pid": os.getpid(),
             }))
-            say(f"metrics {url}/metrics  status {url}/status  events {url}/events", url=url)
+            say(f"metrics {url}/metrics  status {url}/status  events {url}/events  page {url}/", url=url)
         if self.event_log:
             say(f"event log {self.event_log}", event_log=self.event_log)
 
