@@ -419,3 +419,30 @@ def test_stall_shows_the_suspect_rank_and_its_stack(tmp_path, visits, screenshot
         v.check_clean()
     finally:
         run.stop()
+
+
+@pytest.mark.slow
+@needs_browser
+def test_two_nodes_each_page_links_to_the_other(tmp_path, visits):
+    from cluster import FAULTS, Cluster
+
+    out = tmp_path / "out"
+    with Cluster(tmp_path, script=FAULTS / "sleeper.py", script_args=["--out", str(out), "--seconds", "60"],
+                 nnodes="2:2", max_restarts=0) as job:
+        nodes = [job.start(), job.start()]
+
+        def peers_of(node):
+            status = node.status()
+            return status and status.get("peers")
+
+        for node in nodes:
+            wait_until(lambda: peers_of(node), 120, lambda: f"{node.name} to know its peer\n{job.diagnostics()}")
+        for node, other in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+            [peer] = peers_of(node)
+            assert peer["url"] == other.url and peer["group_rank"] == other.status()["group_rank"]
+        v = visits(nodes[0].url)
+        expect(v.page.locator("#peers a")).to_have_attribute("href", nodes[1].url + "/", timeout=WAIT_MS)
+        v.check_clean()
+        for node in nodes:
+            node.send(signal.SIGTERM)
+        job.wait_all(60)
