@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,6 +66,21 @@ def test_page_files_ship_in_the_package_and_stay_small():
     assert sum(sizes.values()) < 100_000, sizes
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"telemetry.endpoint" = ["page/*.html", "page/*.css", "page/*.js"]' in pyproject
+
+
+def test_a_built_wheel_carries_the_page(tmp_path):
+    # Built from a copy, so setuptools' build folders stay out of the source tree.
+    source = tmp_path / "src"
+    for name in ("agent", "telemetry", "elastiscope"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=240)
+    assert built.returncode == 0, built.stderr[-3000:]
+    [wheel] = (tmp_path / "wheel").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"telemetry/endpoint/page/{name}" for name in PAGE_FILES} <= names, sorted(names)
 
 
 def test_page_loads_nothing_from_elsewhere_and_runs_no_inline_script():
