@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from helpers.polling import wait_until
-from telemetry.endpoint import start_endpoint
+from telemetry.endpoint import EndpointError, start_endpoint
 from telemetry.events import Event, EventSource
 from telemetry.sinks.memory import MemorySink
 
@@ -118,9 +118,9 @@ def test_page_is_open_but_data_routes_keep_the_token(fake_job_with_token):
 class FakeJob:
     """A real endpoint (uvicorn on 127.0.0.1) serving a made-up two-worker job."""
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, token: str | None = None, port: int = 0) -> None:
         self.ring = MemorySink()
-        self.server = start_endpoint(self.status, self.ring, port=0, token=token)
+        self.server = start_endpoint(self.status, self.ring, port=port, token=token)
         assert self.server.wait_serving(30), self.server.error
         self.url = self.server.url
 
@@ -294,6 +294,30 @@ def test_events_arrive_live_and_refresh_the_status(fake_job, visits):
     fake_job.emit("elastiscope.agent.run_end", state="SUCCEEDED", goodput_ratio=0.9)
     expect(v.event("elastiscope.agent.run_end")).to_contain_text("run ended: SUCCEEDED")
     v.check_clean()
+
+
+@needs_browser
+def test_page_follows_a_new_agent_at_the_same_address_without_a_reload(fake_job, visits):
+    v = visits(fake_job.url)
+    expect(v.event("elastiscope.agent.restart")).to_have_count(1)
+    port = fake_job.server.port
+    fake_job.stop()
+    expect(v.page.locator("#connection")).to_contain_text("unreachable")
+    again = wait_until(lambda: _try(lambda: FakeJob(port=port)), 30, f"port {port} to be free again")
+    try:
+        again.emit("elastiscope.agent.run_start", program="again.py", local_world_size=2)
+        expect(v.event("elastiscope.agent.run_start")).to_contain_text("again.py", timeout=30_000)
+        expect(v.page.locator("#connection")).to_have_text("live")
+        v.check_clean()
+    finally:
+        again.stop()
+
+
+def _try(make):
+    try:
+        return make()
+    except (OSError, EndpointError):  # the old server's socket is still closing
+        return None
 
 
 @needs_browser

@@ -337,7 +337,15 @@
   }
 
   async function loadHistory() {
-    const pageOfEvents = await getJSON("events?limit=200");
+    // On a reconnect, only what was missed (up to the newest 1000); on opening, the newest 200.
+    const query = page.lastSeq ? "events?since=" + page.lastSeq + "&limit=1000" : "events?limit=200";
+    let pageOfEvents = await getJSON(query);
+    if (pageOfEvents.last_seq < page.lastSeq) {
+      // Numbers went back: another agent process answers at this address now (a new run).
+      page.lastSeq = 0;
+      $("timeline").prepend(el("li", { class: "muted", text: "— a new agent process answers here; its events follow —" }));
+      pageOfEvents = await getJSON("events?limit=200");
+    }
     for (const e of pageOfEvents.events) addEvent(e);
     page.lastSeq = Math.max(page.lastSeq, pageOfEvents.last_seq);
   }
