@@ -200,6 +200,8 @@ class Visit:
         self.errors: list[str] = []
         self.page.route("**/*", self._route)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        # The Content-Security-Policy refusing something the page tried is a bug of the page.
+        self.page.on("console", lambda m: "Refused to" in m.text and self.errors.append(m.text))
         self.page.goto(url + "/")
         # A reload would lose this: the page must have changed without one.
         self.page.evaluate("window.__notReloaded = true")
