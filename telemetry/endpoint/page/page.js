@@ -421,9 +421,10 @@
     $("content").hidden = false;
     $("forget").hidden = !page.token;
     try {
-      renderStatus(await getJSON("status"));
+      // Both at once; the stream then starts after the newest event the history held.
+      const [status] = await Promise.all([getJSON("status"), loadHistory()]);
+      renderStatus(status);
       page.lastStatusAt = Date.now();
-      await loadHistory();
       openStream();
     } catch (e) {
       if (e instanceof Unauthorized) return askForToken(page.token !== null);
