@@ -76,7 +76,7 @@ class StatusBoard:
 
     def __init__(self, run_id: str, role: str, max_restarts: int) -> None:
         self.agent: Any = None
-        self.hostname = fq_hostname()
+        self.hostname: str | None = None  # looked up (DNS) only when the endpoint is on
         self.event_log: str | None = None
         self.peers: PagePeers | None = None  # set when the endpoint is on
         self._before_agent = {
@@ -153,6 +153,7 @@ class Run:
             raise UsageError(str(e)) from None
         # The process's event ring outlives the pipelines configure() builds, so the app can
         # hold it now. Lazy: the web stack loads at the first request or once the workers run.
+        self.status.hostname = fq_hostname()
         self.status.peers = PagePeers(page_url(url_of(sock), self.status.hostname),
                                       self.status.hostname, self.status.worker_group)
         return serve_app(sock, self.status, state.event_ring(), token=args.token, lazy=True,
