@@ -56,7 +56,7 @@ from agent.stragglers import DEFAULT_STEPS, DEFAULT_THRESHOLD, StragglerDetector
 from agent.worker_env import progress_env, stack_dump_env, substitute_local_rank, worker_env
 from agent.worker_failures import FailureReporter, failed_at
 from agent.worker_logs import log_tee_for
-from agent.worker_status import group_status
+from agent.worker_status import WorkerMarks, group_status
 from agent.local_names import (  # torch's module offers them: code imports and patches them here
     TORCHELASTIC_ENABLE_FILE_TIMER,
     TORCHELASTIC_HEALTH_CHECK_PORT,
@@ -150,17 +150,16 @@ class LocalElasticAgent(SimpleElasticAgent):
         self._all_running = False
         self._looked_for_exits = False
         self._status_lock = threading.Lock()
-        # Each worker's progress record (agent/progress.py), read from the monitor loop.
-        # Goodput: the run's wall time split by reason, from progress and the run's moments.
+        # Progress records (agent/progress.py, read by the monitor) feed goodput (wall time by reason).
         self._goodput = GoodputView(spec.role, self._publish_agent_event)
         # Stalls (agent/stall_watch.py): found from the same records, acted on by the monitor.
         self._stalls = StallWatch(stall_policy or StallPolicy(), spec.role, self._goodput.stalled)
         self._stall_found: StallFound | None = None
         self._stall_verdict: str | None = None  # what the run loop does with a stall's result
-        stragglers = StragglerDetector(spec.role, straggler_threshold, straggler_steps,
-                                       describe=lambda rank: run_events.worker_identity(self._worker_group, rank))
+        self._stragglers = StragglerDetector(spec.role, straggler_threshold, straggler_steps,
+                                             describe=lambda rank: run_events.worker_identity(self._worker_group, rank))
         self._progress = ProgressChannels(
-            [ProgressMetrics(spec.role), self._goodput, self._stalls.detector, stragglers])
+            [ProgressMetrics(spec.role), self._goodput, self._stalls.detector, self._stragglers])
         self._progress_site = SITE_DIR if count_optimizer_steps else None
 
     # ---- the run -----------------------------------------------------------------------
@@ -492,7 +491,8 @@ class LocalElasticAgent(SimpleElasticAgent):
         """The group and its workers as plain data; safe and cheap to call from any thread."""
         with self._status_lock:
             workers = self._workers
-        return group_status(self._worker_group, workers, self._remaining_restarts, self._progress.status())
+        marks = WorkerMarks.read(self._stragglers.flagged, lambda: list(self._stalls.detector.stalled))
+        return group_status(self._worker_group, workers, self._remaining_restarts, self._progress.status(), marks)
 
     def stacks_snapshot(self) -> dict[str, Any]:
         """Every running worker's Python stack now (``/stacks``, ``elastiscope stacks``): read

@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 from agent.api import WorkerGroup, WorkerState
 from agent.processes import WorkerProcess, WorkerSet
 from telemetry.names import TERMINATED
 
-__all__ = ["group_status", "worker_status"]
+__all__ = ["WorkerMarks", "group_status", "worker_status"]
+
+
+@dataclass(frozen=True)
+class WorkerMarks:
+    """The local ranks the detectors mark now: stragglers (agent/stragglers.py) and stalled
+    workers (agent/stalls.py). Built from copies, so the status thread never iterates the
+    monitor's own collections."""
+
+    stragglers: frozenset[int] = frozenset()
+    stalled: frozenset[int] = frozenset()
+
+    @classmethod
+    def read(cls, stragglers: Callable[[], Iterable[int]], stalled: Callable[[], Iterable[int]]) -> WorkerMarks:
+        """The marks as the detectors give them; none where one is mid-change (a copy raced
+        the monitor thread), since a status must never fail for a mark."""
+        try:
+            return cls(frozenset(stragglers()), frozenset(stalled()))
+        except RuntimeError:  # "changed size during iteration": the next status will have it
+            return cls()
+
+    def of(self, local_rank: int) -> dict[str, bool]:
+        return {"straggler": local_rank in self.stragglers, "stalled": local_rank in self.stalled}
 
 def group_status(group: WorkerGroup, workers: WorkerSet | None, remaining_restarts: int,
-                 progress: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+                 progress: dict[int, dict[str, Any]] | None = None,
+                 marks: WorkerMarks | None = None) -> dict[str, Any]:
     """The group and its workers' processes (``workers``, None before the first start), with
-    each worker's progress (by local rank) when the agent reads it."""
+    each worker's progress (by local rank) when the agent reads it, and its straggler and
+    stall ``marks`` when the agent has detectors."""
     spec = group.spec
     procs = {p.local_rank: p for p in workers.workers} if workers is not None else {}
     try:
@@ -31,7 +56,8 @@ def group_status(group: WorkerGroup, workers: WorkerSet | None, remaining_restar
         "group_rank": group.group_rank,
         "group_world_size": group.group_world_size,
         "world_size": members[0].world_size if members and members[0].world_size >= 0 else None,
-        "workers": [worker_status(w, procs.get(w.local_rank), (progress or {}).get(w.local_rank))
+        "workers": [{**worker_status(w, procs.get(w.local_rank), (progress or {}).get(w.local_rank)),
+                     **(marks.of(w.local_rank) if marks is not None else {})}
                     for w in members],
     }
 

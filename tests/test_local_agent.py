@@ -426,7 +426,8 @@ def test_status_snapshot_describes_running_workers_from_another_thread(telemetry
         assert w["state"] == "HEALTHY"
         assert w["exit_code"] is None and abs(w["start_time"] - time.time()) < 60
         assert set(w) == {"local_rank", "global_rank", "role_rank", "pid", "state", "start_time",
-                          "exit_code", "cpu_seconds", "rss_bytes", "progress"}
+                          "exit_code", "cpu_seconds", "rss_bytes", "progress", "straggler", "stalled"}
+        assert (w["straggler"], w["stalled"]) == (False, False)  # the live page's marks (issue 16)
         assert w["progress"] == {"reporting": False}  # the sleeper makes no step
     final = agent.status_snapshot()
     assert final["state"] == "SUCCEEDED" and [w["exit_code"] for w in final["workers"]] == [0, 0]

@@ -29,9 +29,11 @@ from agent.cli.messages import PROG, say, say_block
 from agent.cli.spec import plan_launch, resolve_nproc, settle_rendezvous
 from agent.cli.validate import check_run_args
 from agent.hostname import fq_hostname
+from agent.page_peers import PagePeers, PublishPageAtRendezvous, page_url
 from telemetry import state
 from telemetry.config import ConfigError, configure, resolve_settings, shutdown
 from telemetry.endpoint import EndpointError, EndpointServer, bind_socket, check_exposure, serve_app
+from telemetry.endpoint.binding import url_of
 from telemetry.events import emit, record
 from telemetry.names import ENDPOINT_STARTED, INIT
 from telemetry.records import Event, EventSource
@@ -69,10 +71,14 @@ def _event_log_origin(args: argparse.Namespace) -> str:
 
 
 class StatusBoard:
-    """The endpoint's status provider: the agent's snapshot once it exists, INIT before."""
+    """The endpoint's status provider: the agent's snapshot once it exists, INIT before, with
+    what the page shows besides (host, clock, event log, goodput, the other agents' pages)."""
 
     def __init__(self, run_id: str, role: str, max_restarts: int) -> None:
         self.agent: Any = None
+        self.hostname: str | None = None  # looked up (DNS) only when the endpoint is on
+        self.event_log: str | None = None
+        self.peers: PagePeers | None = None  # set when the endpoint is on
         self._before_agent = {
             "run_id": run_id, "role": role, "state": INIT, "restarts_used": 0,
             "remaining_restarts": max_restarts, "max_restarts": max_restarts, "workers": [],
@@ -80,7 +86,16 @@ class StatusBoard:
 
     def __call__(self) -> dict[str, Any]:
         agent = self.agent
-        return agent.status_snapshot() if agent is not None else dict(self._before_agent)
+        snapshot = agent.status_snapshot() if agent is not None else dict(self._before_agent)
+        summary = agent.goodput_summary() if hasattr(agent, "goodput_summary") else None
+        ratio = summary.get("goodput_ratio") if summary and summary.get("progress_reported") else None
+        return {**snapshot, "hostname": self.hostname, "time": time.time(), "event_log": self.event_log,
+                "goodput_ratio": ratio, "peers": self.peers.peers() if self.peers is not None else None}
+
+    def worker_group(self) -> Any:
+        """The agent's current worker group (torch's public ``get_worker_group``), None before."""
+        agent = self.agent
+        return agent.get_worker_group() if agent is not None else None
 
     def stacks(self) -> dict[str, Any]:
         """The endpoint's /stacks: every worker's stack now (an error before the agent exists)."""
@@ -138,6 +153,9 @@ class Run:
             raise UsageError(str(e)) from None
         # The process's event ring outlives the pipelines configure() builds, so the app can
         # hold it now. Lazy: the web stack loads at the first request or once the workers run.
+        self.status.hostname = fq_hostname()
+        self.status.peers = PagePeers(page_url(url_of(sock), self.status.hostname),
+                                      self.status.hostname, self.status.worker_group)
         return serve_app(sock, self.status, state.event_ring(), token=args.token, lazy=True,
                          stacks=self.status.stacks)
 
@@ -175,6 +193,8 @@ class Run:
         extra_sinks = []
         if self.endpoint is not None:
             extra_sinks.append(WarmUpWhenHealthy(self.endpoint, delay=ENDPOINT_WARM_UP_DELAY))
+        if self.status.peers is not None:
+            extra_sinks.append(PublishPageAtRendezvous(self.status.peers))
         try:
             pipeline = configure(
                 event_log=self.event_log,
@@ -191,6 +211,7 @@ class Run:
         jsonl = pipeline.find("jsonl")
         if jsonl is not None and getattr(jsonl, "path", None) is not None:
             self.event_log = str(jsonl.path)
+        self.status.event_log = self.event_log
 
     def _announce(self) -> None:
         args = self.args
@@ -198,11 +219,11 @@ class Run:
             url = self.endpoint.url
             emit(Event(ENDPOINT_STARTED, EventSource.AGENT, metadata={
                 "run_id": args.rdzv_id, "role": args.role, "group_rank": None,
-                "hostname": fq_hostname(), "url": url,
+                "hostname": self.status.hostname, "url": url,
                 "host": str(self.endpoint.host), "port": int(self.endpoint.port),
                 "token_required": bool(args.token), "pid": os.getpid(),
             }))
-            say(f"metrics {url}/metrics  status {url}/status  events {url}/events", url=url)
+            say(f"metrics {url}/metrics  status {url}/status  events {url}/events  page {url}/", url=url)
         if self.event_log:
             say(f"event log {self.event_log}", event_log=self.event_log)
 

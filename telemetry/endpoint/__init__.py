@@ -9,8 +9,10 @@ Routes (all GET):
 ``/events``         recent events, filtered by ``since``, ``name``, ``state``, ``source``, ``rank``
 ``/events/stream``  the same as server-sent events, as they happen
 ``/stacks``         every local worker's Python stack, read now without stopping the job
+``/``               the live page (``/page.css``, ``/page.js``); ``/docs``, ``/redoc``: why
+                    interactive docs are off
 
-With a bearer token configured every route except the two probes requires
+With a bearer token configured every route except the two probes and the page's files requires
 ``Authorization: Bearer <token>``.
 
 The modules, each with one job:
@@ -23,6 +25,7 @@ The modules, each with one job:
 ``auth``         bearer-token check for protected routes
 ``models``       the response models (the OpenAPI schema)
 ``payloads``     provider output turned into what the models promise
+``page_routes``  the live page's files and the ``/docs`` notice
 ``middleware``   the per-response ``Date`` header
 ``idle_server``  a uvicorn server that sleeps until told to stop
 
@@ -58,7 +61,7 @@ __all__ = [
 # package does not import pydantic.
 MODEL_NAMES = frozenset(
     ("WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem",
-     "RankStack", "StackDump")
+     "RankStack", "StackDump", "Peer")
 )
 
 

@@ -48,13 +48,16 @@ def create_app(
     # The web stack, loaded here and not at import (see the module docstring).
     from fastapi import FastAPI
 
-    from telemetry.endpoint import routes
+    from telemetry.endpoint import page_routes, routes
     from telemetry.endpoint.auth import protection
 
     app = FastAPI(
         title="Elastiscope agent",
         version=__version__,
         description="Metrics, health, status and events of one Elastiscope agent.",
+        # FastAPI's /docs and /redoc load their scripts from a CDN; ours say why they are off.
+        docs_url=None,
+        redoc_url=None,
     )
     protected = protection(token)
     routes.add_metrics_route(app, metrics or config.render_metrics, on_metrics_scrape, protected)
@@ -63,4 +66,6 @@ def create_app(
     routes.add_event_routes(app, events, protected, stream_heartbeat_seconds)
     if stacks is not None:
         routes.add_stacks_route(app, stacks, protected)
+    page_routes.add_page_routes(app)
+    page_routes.add_docs_notice(app)
     return app

@@ -14,7 +14,7 @@ from telemetry.names import AGENT, WORKER, WORKER_STATES
 
 __all__ = [
     "WorkerProgress", "WorkerStatus", "Status", "Health", "Readiness", "EventRecord", "EventPage", "Problem",
-    "RankStack", "StackDump",
+    "RankStack", "StackDump", "Peer",
 ]
 
 State = Literal[WORKER_STATES]  # type: ignore[valid-type]
@@ -46,6 +46,17 @@ class WorkerStatus(BaseModel):
     cpu_seconds: Optional[float] = Field(None, description="user + system CPU time")
     rss_bytes: Optional[int] = Field(None, description="resident memory")
     progress: Optional[WorkerProgress] = Field(None, description="null where the agent reads no progress")
+    # Issue 16 (the live page): the marks the agent's detectors hold now; null where unknown.
+    straggler: Optional[bool] = Field(None, description="flagged as a straggler now (agent/stragglers.py)")
+    stalled: Optional[bool] = Field(None, description="found stalled now, not progressed since (agent/stalls.py)")
+
+
+class Peer(BaseModel):
+    """Another agent of the job and its page, as it published them in the rendezvous store."""
+
+    group_rank: int
+    hostname: Optional[str] = None
+    url: str = Field(..., description="http://host:port of that agent's endpoint")
 
 
 class Status(BaseModel):
@@ -61,6 +72,15 @@ class Status(BaseModel):
     group_world_size: Optional[int] = Field(None, description="number of agents (nodes)")
     world_size: Optional[int] = Field(None, description="number of workers over all nodes")
     workers: list[WorkerStatus] = Field(default_factory=list)
+    # Issue 16 (the live page): optional, null where the agent does not know them.
+    hostname: Optional[str] = Field(None, description="this node's fully qualified host name")
+    time: Optional[float] = Field(None, description="the agent's clock when answering, seconds "
+                                  "since the epoch (ages are measured against it)")
+    event_log: Optional[str] = Field(None, description="path of this agent's event log on its host")
+    goodput_ratio: Optional[float] = Field(None, description="productive share of the run's wall "
+                                           "time so far (agent/goodput.py); null before any progress")
+    peers: Optional[list[Peer]] = Field(None, description="the pages of the job's other agents, "
+                                        "as they published them this attempt")
 
 
 class Health(BaseModel):

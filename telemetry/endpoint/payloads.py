@@ -26,6 +26,7 @@ MetricsRenderer = Callable[[Optional[str]], "tuple[bytes, str]"]
 _PLAIN_STATUS_KEYS = (
     "run_id", "role", "remaining_restarts", "max_restarts",
     "group_rank", "group_world_size", "world_size",
+    "hostname", "time", "event_log", "goodput_ratio", "peers",
 )
 
 
