@@ -1,10 +1,11 @@
 """Agent CPU of this tree against an older commit's, both running at the same time.
 
-    python bench/agent_cpu_paired.py [--baseline 77e3e9c] [--reps 3] [--window 30] [--settle 20] [--json]
+    python bench/agent_cpu_paired.py [--baseline 77e3e9c] [--new COMMIT] [--reps 3] [--window 30] [--settle 20] [--json]
 
 Why paired and simultaneous: the agent's steady CPU is a fraction of a millisecond per second,
 and a machine's load drifts by more than that between runs taken one after the other. Here the
-two agents (this working tree, and ``--baseline`` checked out into a temporary git worktree)
+two agents (this working tree, or ``--new``, and ``--baseline``, each commit checked out into a
+temporary git worktree)
 each run the same job at the same time, so drift falls on both alike: ``elastiscope run
 --standalone`` with 4 workers that sleep, the endpoint and the event log on (the defaults).
 After ``--settle`` seconds, the scheduler's CPU time of every thread of each agent process is
@@ -77,6 +78,7 @@ def summary(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="77e3e9c", help="the older commit (default 77e3e9c)")
+    parser.add_argument("--new", help="a commit to take as the new side (default: this working tree)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--settle", type=float, default=20.0)
@@ -84,11 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agent-cpu-paired-") as tmp_name:
         tmp = Path(tmp_name)
-        old_tree = tmp / "baseline-tree"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(old_tree), args.baseline],
-                       check=True)
+        trees = {"new": REPO, "old": tmp / "baseline-tree"}
+        if args.new:
+            trees["new"] = tmp / "new-tree"
+        checkouts = [(trees["old"], args.baseline)] + ([(trees["new"], args.new)] if args.new else [])
+        for folder, commit in checkouts:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(folder), commit],
+                           check=True)
         try:
-            trees = {"new": REPO, "old": old_tree}
             pairs = []
             for rep in range(args.reps):
                 order = ["new", "old"] if rep % 2 == 0 else ["old", "new"]
@@ -96,13 +101,15 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir.mkdir()
                 pairs.append(one_pair(trees, order, args.window, args.settle, run_dir))
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], check=False)
+            for folder, _ in checkouts:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False)
     ratios = [pair["new"]["total"] / pair["old"]["total"] for pair in pairs]
     if args.json:
-        print(json.dumps({"baseline": args.baseline, "pairs": pairs, "ratio_new_over_old": ratios,
+        print(json.dumps({"baseline": args.baseline, "new": args.new or "working tree", "pairs": pairs, "ratio_new_over_old": ratios,
                           "load_average": os.getloadavg()}, indent=2))
         return 0
-    print(f"agent CPU, ms per wall second, {args.reps} paired runs, load {os.getloadavg()[0]:.1f}:")
+    print(f"agent CPU, ms per wall second, {args.reps} paired runs, new = {args.new or 'this working tree'}, "
+          f"old = {args.baseline}, load {os.getloadavg()[0]:.1f}:")
     for name in ("new", "old"):
         print(f"  {name:3s} total {summary([p[name]['total'] for p in pairs])}  main thread "
               f"{summary([p[name]['main_thread'] for p in pairs])}  other threads "
