@@ -51,7 +51,7 @@ VARIANTS = {
 }
 
 JOB = """\
-import os, sys, time
+import gc, os, sys, time
 started = time.time()
 out, crash_at, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rank, attempt = int(os.environ["RANK"]), int(os.environ["TORCHELASTIC_RESTART_COUNT"])
@@ -86,6 +86,8 @@ mean = loss.detach().clone()
 dist.all_reduce(mean)
 if rank == 0:
     stamp("loss", float(mean) / dist.get_world_size())
+del model  # DDP goes before the process group: see examples/train_ddp.py (a torch 2.13 hang at exit)
+gc.collect()
 dist.destroy_process_group()
 """
 

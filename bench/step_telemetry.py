@@ -24,6 +24,7 @@ b. examples/train_ddp.py on 2 workers under ``elastiscope run`` (hook on) and ``
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -145,6 +146,8 @@ def ddp_step_cost(blocks: int, block_steps: int) -> dict:
             handle.remove()
     ddp._run_ddp_forward = original
     breakdown = _hook_breakdown(model, optimizer, batch, blocks, block_steps)
+    del model  # DDP goes before the process group: see examples/train_ddp.py (a torch 2.13 hang)
+    gc.collect()
     dist.destroy_process_group()
     us = lambda ns: ns / 1000.0  # noqa: E731
     result = {mode: {"p50_us": us(_quantile(v["step"], 0.5)), "p99_us": us(_quantile(v["step"], 0.99)),

@@ -13,6 +13,7 @@ attempt only (TORCHELASTIC_RESTART_COUNT == 0), so the restarted group resumes a
 """
 
 import argparse
+import gc
 import os
 import time
 
@@ -143,6 +144,12 @@ def main(argv=None):
         accuracy = (model(x).argmax(dim=1) == y).float().mean().item()
     if ckpt and rank == 0:
         save_checkpoint(ckpt, model, optimizer, args.steps)
+    # Drop DDP before the process group (torch 2.13): a Reducer that outlives the group destroys
+    # it from a destructor that holds the GIL while joining gloo's threads, and a thread still
+    # freeing the last backward's work needs the GIL: a hang at exit, about one run in ten
+    # (docs/operations.md, "A hang at exit in torch 2.13"). gc: DDP's hooks form cycles.
+    del ddp
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
     if rank == 0:

@@ -12,6 +12,7 @@ torchrun, say).
 """
 
 import argparse
+import gc
 import os
 import time
 
@@ -86,6 +87,12 @@ def main(argv=None):
             os.replace(tmp, ckpt)
             progress.checkpoint_saved(step)
 
+    # Drop DDP before the process group (torch 2.13): a Reducer that outlives the group destroys
+    # it from a destructor that holds the GIL while joining gloo's threads, and a thread still
+    # freeing the last backward's work needs the GIL: a hang at exit, about one run in ten
+    # (docs/operations.md, "A hang at exit in torch 2.13"). gc: DDP's hooks form cycles.
+    del ddp
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
     if rank == 0:

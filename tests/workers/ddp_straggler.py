@@ -8,6 +8,7 @@ Elastiscope's: the agent sees the forward times through its zero-code DDP timing
 on stdout is ``done: <steps> steps, slow until step <S> on rank <R>``.
 """
 import argparse
+import gc
 
 import torch
 import torch.distributed as dist
@@ -59,6 +60,9 @@ def main() -> None:
         optimizer.zero_grad()
         model(batch).square().mean().backward()
         optimizer.step()
+    # DDP goes before the process group: see examples/train_ddp.py (a torch 2.13 hang at exit).
+    del model
+    gc.collect()
     dist.destroy_process_group()
     if rank == 0:
         print(f"done: {args.steps} steps, slow until step {args.slow_steps} on rank {args.slow_rank}",
