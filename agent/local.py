@@ -335,7 +335,7 @@ class LocalElasticAgent(SimpleElasticAgent):
         """Look for stalls in the records as last read; True when one needs the monitor (the
         policy restarts or fails; a reported stall needs nothing more)."""
         running = {w.local_rank for w in workers.workers if w.running}
-        found = self._stalls.check(run_events.identity(self._worker_group), running, time.time())
+        found = self._stalls.check(lambda: run_events.identity(self._worker_group), running, time.time())
         if found is None or found.action == "report":
             return False
         self._stall_found = found

@@ -93,9 +93,11 @@ class StallWatch:
             put_metric(f"workers.{self.role}.worker.{local_rank}.progress.seconds_since_progress",
                        round(seconds, 3))
 
-    def check(self, identity: dict[str, Any], running: set[int], now: float) -> StallFound | None:
+    def check(self, describe: Callable[[], dict[str, Any]], running: set[int], now: float) -> StallFound | None:
         """Look for new stalls among the ``running`` local ranks; keep the stacks and tell
-        before anything is stopped."""
+        before anything is stopped. ``describe()`` gives who is speaking (the agent's identity);
+        it is called only when there is something to tell: it looks up the host name, which
+        costs system calls, and this runs at every read of the records."""
         self._due = _STALE
         stalled_before = dict(self.detector.stalled)
         new, resumed = self.detector.check(now, running)
@@ -103,7 +105,7 @@ class StallWatch:
             put_metric(f"workers.{self.role}.worker.{local_rank}.progress.stalled", 0)
         if resumed and not self.detector.stalled:
             since = min(stalled_before[r] for r in resumed) or None
-            report_stall_ended(identity, [self._global.get(r, r) for r in resumed], since, now)
+            report_stall_ended(describe(), [self._global.get(r, r) for r in resumed], since, now)
             if since is not None and self._on_stall_time is not None:
                 self._on_stall_time(since, now)
         if not new:
@@ -118,7 +120,7 @@ class StallWatch:
         since = {self._global.get(lr, lr): s for lr, s in self.detector.seconds_since_progress(now).items()}
         last = [self.detector.last_progress(r) for r in new]
         metadata = report_stall(
-            identity, report, [self._global.get(r, r) for r in new], since, now,
+            describe(), report, [self._global.get(r, r) for r in new], since, now,
             self.detector.timeout_for(new[0]) or self.policy.first_step_timeout,
             min((t for t in last if t), default=None), self.policy.action, files, self._attempt)
         last_progress = min((t for t in last if t), default=None)
