@@ -431,7 +431,6 @@ def test_crash_once_run_seen_live_without_a_reload_and_nothing_from_elsewhere(tm
         run.stop()
 
 
-@pytest.mark.slow
 @needs_browser
 def test_stall_shows_the_suspect_rank_and_its_stack(tmp_path, visits, screenshots):
     (tmp_path / "ckpt").mkdir()
