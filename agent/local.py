@@ -306,7 +306,7 @@ class LocalElasticAgent(SimpleElasticAgent):
             if self._look_for_stalls(workers):
                 return
         deadline = now + interval
-        stall_due = self._stalls.due_monotonic(now, {w.local_rank for w in workers.workers if w.running})
+        stall_due = self._stalls.due_monotonic(now, workers.running_ranks)
         if stall_due is not None and stall_due < deadline:
             deadline = stall_due  # a stall is found at its deadline, not at the next pass
         while True:

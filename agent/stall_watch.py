@@ -79,11 +79,13 @@ class StallWatch:
         None: not before new progress."""
         return self.detector.deadline(running)
 
-    def due_monotonic(self, now: float, running: set[int]) -> float | None:
+    def due_monotonic(self, now: float, running: Callable[[], set[int]]) -> float | None:
         """``due`` on the monotonic clock whose reading is ``now``, as of the last check (a
-        worker that has exited since can only make the monitor wake and check once early)."""
+        worker that has exited since can only make the monitor wake and check once early).
+        ``running()`` gives the running local ranks; it is called only when the deadline is
+        worked out again (after a check), not on every monitor pass."""
         if self._due is _STALE:
-            self._due = self.due(running)
+            self._due = self.due(running())
         due = self._due
         return None if due is None else now + max(0.0, due - time.time())  # type: ignore[operator]
 

@@ -38,15 +38,12 @@ logger = logging.getLogger(__name__)
 def publish(name: str, value: Any, group: str = TORCHELASTIC_GROUP) -> None:
     """One of the agent's torchelastic data points: into the pipeline and torch's handler. Never raises.
 
-    The run loop calls this four times per monitor pass, ten passes a second, for the whole job:
-    it goes straight to the pipeline (what ``telemetry.events.put_metric`` does, one call less).
+    The run loop calls this four times per monitor pass, ten passes a second, for the whole job,
+    so it is written flat: straight to the pipeline (what ``telemetry.events.put_metric`` does,
+    one call less), then torch's handler, in place.
     """
     now = time.time()
     state.get_pipeline().publish(MetricPoint(now, group, name, value))
-    _deliver_to_torch_handler(name, value, group, now)
-
-
-def _deliver_to_torch_handler(name: str, value: Any, group: str, now: float) -> None:
     torch_metrics = sys.modules.get("torch.distributed.elastic.metrics.api")
     if torch_metrics is None:  # torch's metrics never imported: nobody can have configured one
         return

@@ -196,6 +196,10 @@ class WorkerSet:
     def pids(self) -> dict[int, int]:
         return {w.local_rank: w.pid for w in self.workers}
 
+    def running_ranks(self) -> set[int]:
+        """The local ranks of the workers still running (as far as the set knows)."""
+        return {w.local_rank for w in self.workers if w.exit_code is None}
+
     def wait(self, timeout: float | None) -> bool:
         """Block until a worker exit not yet collected is known, or ``timeout`` passes."""
         if self._new_exits:
