@@ -215,9 +215,13 @@
   }
 
   function renderPeers(peers) {
+    // The addresses come from the rendezvous store, which any job member can write: only
+    // http(s) addresses become links (the CSP would refuse a javascript: one anyway).
+    const linkable = (url) => /^https?:\/\//.test(String(url));
     $("peers-panel").hidden = !peers.length;
     $("peers").replaceChildren(...peers.map((p) => el("li", {},
-      el("a", { href: p.url + "/", rel: "noopener" , text: (p.hostname || p.url) }),
+      linkable(p.url) ? el("a", { href: p.url + "/", rel: "noopener", text: (p.hostname || p.url) })
+                      : String(p.hostname || p.url),
       " node " + p.group_rank + " · " + p.url)));
   }
 
