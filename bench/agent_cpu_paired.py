@@ -9,7 +9,8 @@ temporary git worktree)
 each run the same job at the same time, so drift falls on both alike: ``elastiscope run
 --standalone`` with 4 workers that sleep, the endpoint and the event log on (the defaults).
 After ``--settle`` seconds, the scheduler's CPU time of every thread of each agent process is
-read from ``/proc/<pid>/task/*/schedstat`` at the start and the end of a ``--window``. Each
+read from ``/proc/<pid>/task/*/schedstat`` at the start and the end of a ``--window``
+(``common.cpu_seconds``, as ``bench/agent_cpu.py`` reads it; threads alive at both readings). Each
 repetition starts the two in the other order. Figures: CPU milliseconds per wall second, the
 agent's main thread and its other threads, medians (min-max) over the repetitions, and the
 ratio new/old per repetition.
@@ -29,19 +30,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import common  # noqa: E402  (per-thread CPU from schedstat, as bench/agent_cpu.py reads it)
+
 SLEEPER = "import sys, time\ntime.sleep(float(sys.argv[1]))\n"
 
 
-def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """Seconds on a CPU of each thread of ``pid`` (scheduler accounting, nanosecond grain)."""
-    seconds = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            seconds[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
-        except (OSError, ValueError):
-            pass  # the thread ended between the listing and the read
-    return seconds
+def agent_cpu(agent: subprocess.Popen) -> dict:
+    """{(pid, tid): CPU seconds so far} of the agent process's threads."""
+    return common.cpu_seconds([psutil.Process(agent.pid)])
 
 
 def one_pair(trees: dict[str, Path], order: list[str], window: float, settle: float, tmp: Path) -> dict:
@@ -57,14 +58,15 @@ def one_pair(trees: dict[str, Path], order: list[str], window: float, settle: fl
              str(folder / "sleeper.py"), str(settle + window + 5)],
             cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(settle)  # start-up (imports, rendezvous, worker launch) is not the steady state
-    before = {name: thread_cpu_seconds(agent.pid) for name, agent in agents.items()}
+    before = {name: agent_cpu(agent) for name, agent in agents.items()}
     time.sleep(window)
-    after = {name: thread_cpu_seconds(agent.pid) for name, agent in agents.items()}
+    after = {name: agent_cpu(agent) for name, agent in agents.items()}
     result = {}
     for name, agent in agents.items():
-        used = {tid: (after[name][tid] - before[name].get(tid, 0.0)) * 1000 / window for tid in after[name]}
-        main = used.pop(agent.pid, 0.0)
-        result[name] = {"main_thread": main, "other_threads": sum(used.values()), "total": main + sum(used.values())}
+        parts = common.cpu_breakdown(before[name], after[name], agent.pid)
+        main = parts["launcher_main_thread"] * 1000 / window
+        others = parts["launcher_other_threads"] * 1000 / window
+        result[name] = {"main_thread": main, "other_threads": others, "total": main + others}
     for name, agent in agents.items():
         if agent.wait(timeout=120) != 0:
             raise RuntimeError(f"the {name} agent exited with {agent.returncode}")
