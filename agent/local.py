@@ -334,7 +334,7 @@ class LocalElasticAgent(SimpleElasticAgent):
     def _look_for_stalls(self, workers: WorkerSet) -> bool:
         """Look for stalls in the records as last read; True when one needs the monitor (the
         policy restarts or fails; a reported stall needs nothing more)."""
-        running = {w.local_rank for w in workers.workers if w.running}
+        running = workers.running_ranks()
         found = self._stalls.check(lambda: run_events.identity(self._worker_group), running, time.time())
         if found is None or found.action == "report":
             return False

@@ -198,7 +198,7 @@ class WorkerSet:
 
     def running_ranks(self) -> set[int]:
         """The local ranks of the workers still running (as far as the set knows)."""
-        return {w.local_rank for w in self.workers if w.exit_code is None}
+        return {w.local_rank for w in self.workers if w.running}
 
     def wait(self, timeout: float | None) -> bool:
         """Block until a worker exit not yet collected is known, or ``timeout`` passes."""
