@@ -26,7 +26,6 @@ from typing import Any
 
 from agent.torch_patches import configured_metric_handler
 from telemetry import state
-from telemetry.records import MetricPoint
 
 __all__ = ["publish", "TORCHELASTIC_GROUP"]
 
@@ -40,10 +39,10 @@ def publish(name: str, value: Any, group: str = TORCHELASTIC_GROUP) -> None:
 
     The run loop calls this four times per monitor pass, ten passes a second, for the whole job,
     so it is written flat: straight to the pipeline (what ``telemetry.events.put_metric`` does,
-    one call less), then torch's handler, in place.
+    one call less), which builds no record for the repeats every sink declines, then torch's
+    handler, in place.
     """
-    now = time.time()
-    state.get_pipeline().publish(MetricPoint(now, group, name, value))
+    state.get_pipeline().publish_metric(group, name, value)
     torch_metrics = sys.modules.get("torch.distributed.elastic.metrics.api")
     if torch_metrics is None:  # torch's metrics never imported: nobody can have configured one
         return
@@ -51,6 +50,6 @@ def publish(name: str, value: Any, group: str = TORCHELASTIC_GROUP) -> None:
         handler = configured_metric_handler(torch_metrics, group)
         if handler is None or isinstance(handler, torch_metrics.NullMetricHandler):
             return
-        handler.emit(torch_metrics.MetricData(now, group, name, value))
+        handler.emit(torch_metrics.MetricData(time.time(), group, name, value))
     except Exception:
         logger.debug("torch metric handler failed", exc_info=True)

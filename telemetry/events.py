@@ -7,11 +7,10 @@ every line of our event log back. This module never imports torch.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from telemetry import state
-from telemetry.records import Event, EventMetadataValue, EventSource, MetricPoint, now_ms
+from telemetry.records import Event, EventMetadataValue, EventSource, now_ms
 
 __all__ = ["EventSource", "Event", "EventMetadataValue", "record", "emit", "now_ms", "put_metric",
            "publish_metric", "metadata_scalar"]
@@ -40,12 +39,12 @@ def record(event: Event, destination: str = "null") -> None:
 
 def put_metric(metric_name: str, metric_value: float, metric_group: str = "torchelastic") -> None:
     """torch's ``put_metric``: publish one data point to every sink. Never raises, never blocks."""
-    state.get_pipeline().publish(MetricPoint(time.time(), metric_group, metric_name, metric_value))
+    state.get_pipeline().publish_metric(metric_group, metric_name, metric_value)
 
 
 def publish_metric(group: str, name: str, value: Any) -> None:
     """``put_metric`` with the group first, as the agent's own data points are written."""
-    state.get_pipeline().publish(MetricPoint(time.time(), group, name, value))
+    state.get_pipeline().publish_metric(group, name, value)
 
 
 def metadata_scalar(value: Any) -> EventMetadataValue:

@@ -68,6 +68,24 @@ def _route(deliveries: Iterable[Delivery], record_type: type) -> tuple[tuple[Any
     return tuple(routed)
 
 
+def _route_fields(deliveries: Iterable[Delivery]) -> tuple[tuple[Any, Any, Any], ...]:
+    """The fan-out for metric points published by their fields (``Pipeline.publish_metric``):
+    a ``(wants_point, wants, offer)`` triple per sink that takes metric points. ``wants_point``
+    is set for a sink that overrides ``Sink.wants_point`` (asked before the point is built,
+    ``wants`` then None); otherwise ``wants`` is as in :func:`_route`."""
+    routed: list[tuple[Any, Any, Any]] = []
+    for delivery in deliveries:
+        sink = delivery.sink
+        if not sink.metrics:
+            continue
+        if type(sink).wants_point is not Sink.wants_point:
+            routed.append((sink.wants_point, None, delivery.offer))
+        else:
+            picks = type(sink).wants is not Sink.wants
+            routed.append((None, sink.wants if picks else None, delivery.offer))
+    return tuple(routed)
+
+
 def _fan_out(routes: tuple[tuple[Any, Any], ...], record: Any) -> None:
     for wants, offer in routes:
         if wants is not None:
@@ -95,6 +113,7 @@ class Pipeline:
         # Precomputed per record type so the hot path does no per-sink type checks.
         self._for_events: tuple[tuple[Any, Any], ...] = ()
         self._for_metrics: tuple[tuple[Any, Any], ...] = ()
+        self._for_metric_fields: tuple[tuple[Any, Any, Any], ...] = ()
         self._destination_deliveries: dict[str, Delivery | None] = {}
         self._unknown_destinations: set[str] = set()
         self.destinations = destinations
@@ -111,6 +130,7 @@ class Pipeline:
             deliveries = self._deliveries + (delivery,)
             self._for_events = _route(deliveries, Event)
             self._for_metrics = _route(deliveries, MetricPoint)
+            self._for_metric_fields = _route_fields(deliveries)
             self._deliveries = deliveries
         return sink
 
@@ -159,6 +179,30 @@ class Pipeline:
                 extra = self._destination(destination)
                 if extra is not None:
                     extra.offer(record)
+        except Exception:  # a bug of ours must not reach the training job either
+            log.debug("telemetry publish failed", exc_info=True)
+
+    def publish_metric(self, group: str, name: str, value: Any) -> None:
+        """``publish(MetricPoint(time.time(), group, name, value))``, building the point only
+        if a sink takes it. Never raises, never blocks.
+
+        The agent's run loop publishes four points each monitor pass, ten passes a second, and
+        nearly all are repeats the Prometheus sink declines (``Sink.wants_point``): asked by
+        their fields, a declined point costs no record, no clock read and no fan-out.
+        """
+        try:
+            point = None
+            for wants_point, wants, offer in self._for_metric_fields:
+                try:
+                    if wants_point is not None and not wants_point(group, name, value):
+                        continue
+                    if point is None:
+                        point = MetricPoint(time.time(), group, name, value)
+                    if wants is not None and not wants(point):
+                        continue
+                except Exception:  # a sink that cannot say does not get the point, the others still do
+                    continue
+                offer(point)
         except Exception:  # a bug of ours must not reach the training job either
             log.debug("telemetry publish failed", exc_info=True)
 

@@ -348,6 +348,91 @@ def test_every_metric_point_is_delivered_even_a_repeat():
     assert p.stats()["values"] == {"offered": 3, "delivered": 3, "dropped": 0, "errors": 0}
 
 
+def test_a_point_published_by_its_fields_reaches_each_sink_as_one_record():
+    class Values(Sink):
+        name, synchronous, events = "values", True, False
+
+        def __init__(self):
+            self.points = []
+
+        def emit(self, record):
+            self.points.append(record)
+
+    first, second = Values(), Values()
+    second.name = "values2"
+    p = Pipeline([first, second])
+    before = time.time()
+    p.publish_metric("g", "a", 7)
+    assert len(first.points) == 1 and first.points == second.points
+    point = first.points[0]
+    assert type(point) is MetricPoint and (point.group_name, point.name, point.value) == ("g", "a", 7)
+    assert before <= point.timestamp <= time.time()
+
+
+def test_a_sink_with_wants_point_is_asked_by_the_fields_and_never_by_the_record():
+    class ByFields(Sink):
+        name, synchronous, events = "by_fields", True, False
+
+        def __init__(self):
+            self.asked, self.got = [], []
+
+        def wants(self, record):
+            raise AssertionError("asked with a record for a point published by its fields")
+
+        def wants_point(self, group, name, value):
+            self.asked.append((group, name, value))
+            return value != 0
+
+        def emit(self, record):
+            self.got.append(record.value)
+
+    class Every(Sink):
+        name, synchronous, events = "every", True, False
+
+        def __init__(self):
+            self.got = []
+
+        def emit(self, record):
+            self.got.append(record.value)
+
+    picky, every = ByFields(), Every()
+    p = Pipeline([picky, every])
+    for value in (0, 1, 0):
+        p.publish_metric("g", "n", value)
+    assert picky.asked == [("g", "n", 0), ("g", "n", 1), ("g", "n", 0)]
+    assert picky.got == [1] and every.got == [0, 1, 0]
+    assert p.stats()["by_fields"]["offered"] == 1
+
+
+def test_a_sink_whose_wants_point_raises_does_not_keep_points_from_the_others():
+    class Confused(Sink):
+        name, synchronous, events = "confused", True, False
+
+        def wants(self, record):
+            raise RuntimeError("cannot tell")
+
+        def wants_point(self, group, name, value):
+            raise RuntimeError("cannot tell")
+
+        def emit(self, record):
+            raise AssertionError("never asked to emit")
+
+    class Every(Sink):
+        name, synchronous = "every", True
+
+        def __init__(self):
+            self.count = 0
+
+        def emit(self, record):
+            self.count += 1
+
+    every = Every()
+    p = Pipeline([Confused(), every])
+    p.publish_metric("g", "n", 1)
+    assert every.count == 1
+    assert p.stats()["confused"]["offered"] == 0
+
+
 def test_a_destination_adds_its_sink_once_and_an_unknown_one_only_warns(caplog):
     from telemetry.pipeline import Destinations
 

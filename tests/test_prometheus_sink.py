@@ -207,3 +207,29 @@ def test_through_a_pipeline_the_sink_declines_repeats_and_shows_the_same_as_with
         assert generate_latest(skipping.registry) == generate_latest(plain.registry), (i, record)
     offered = skipping_pipeline.stats()["prometheus"]["offered"]
     assert offered < plain_pipeline.stats()["prometheus"]["offered"] == len(records)
+
+
+def test_points_published_by_their_fields_show_the_same_as_without_skipping():
+    """``publish_metric`` asks ``wants_point`` before any record is built: the same series as
+    a sink that applies every point, and ``wants_point`` agrees with ``wants`` at every step."""
+    from telemetry.pipeline import Pipeline
+
+    plain = PrometheusSink(role="r", stats_source=no_stats, skip_repeats=False)
+    skipping = PrometheusSink(role="r", stats_source=no_stats)
+    plain_pipeline, skipping_pipeline = Pipeline([plain]), Pipeline([skipping])
+    records = run_loop_records(seed=7, count=1000)
+    points = 0
+    for i, record in enumerate(records):
+        if isinstance(record, MetricPoint):
+            points += 1
+            fields = (record.group_name, record.name, record.value)
+            assert skipping.wants_point(*fields) == skipping.wants(record), (i, record)
+            plain_pipeline.publish_metric(*fields)
+            skipping_pipeline.publish_metric(*fields)
+        else:
+            plain_pipeline.publish(record)
+            skipping_pipeline.publish(record)
+        assert generate_latest(skipping.registry) == generate_latest(plain.registry), (i, record)
+    offered = skipping_pipeline.stats()["prometheus"]["offered"]
+    assert offered < plain_pipeline.stats()["prometheus"]["offered"] == len(records)
+    assert points > 500

@@ -119,21 +119,28 @@ class PrometheusSink(Sink):
 
     # -- setting gauges, skipping repeats ----------------------------------------------------
     def wants(self, record: object) -> bool:
-        """Every event; a metric point unless it would set a gauge to the value it holds.
+        """Every event; a metric point unless it would set a gauge to the value it holds
+        (``wants_point``)."""
+        if type(record) is not MetricPoint:
+            return True
+        return self.wants_point(record.group_name, record.name, record.value)
+
+    def wants_point(self, group: str, name: str, value: object) -> bool:
+        """A metric point unless it would set a gauge to the value it holds.
 
         The agent's run loop re-publishes the same few values ten times a second; declining
-        them here spares the pipeline's delivery and this sink's dispatch on the agent's
+        them here spares the pipeline the record and this sink's dispatch on the agent's
         thread. Deciding on one read of the last value set is safe under concurrent
         publishers: the point is skipped only at a moment when applying it would change
         nothing, so it is as if it had been applied then. ``emit`` checks again under its lock.
         """
-        if type(record) is not MetricPoint or not self._skip_repeats:
+        if not self._skip_repeats:
             return True
-        ident = (record.group_name, record.name)
+        ident = (group, name)
         try:
             key = self._gauge_keys[ident]
         except KeyError:
-            key = self._gauge_keys[ident] = self._gauge_key(record)
+            key = self._gauge_keys[ident] = self._gauge_key(group, name)
         if key is None:
             return True
         last = self._last_set.get(key)
@@ -142,9 +149,9 @@ class PrometheusSink(Sink):
         if key[0] == _GROUP_STATE:
             # torch publishes 1 for the state entered and 0 for nothing: only a 1 for another
             # state changes anything.
-            return bool(record.value) and self._targets[ident].labels[1] != last
+            return bool(value) and self._targets[ident].labels[1] != last
         try:
-            number = float(record.value)
+            number = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return True  # emit raises for it as Gauge.set would, and counts the error
         # _is_repeat, inlined: this runs for nearly every point the agent publishes.
@@ -152,13 +159,13 @@ class PrometheusSink(Sink):
             return True
         return number == 0.0 and math.copysign(1.0, number) != math.copysign(1.0, last)
 
-    def _gauge_key(self, point: MetricPoint) -> tuple | None:
-        target = self._target(point)
+    def _gauge_key(self, group: str, name: str) -> tuple | None:
+        target = self._target_of(group, name)
         series = _GAUGE_OF_KIND.get(target.kind)
         if series is None:
             return None
         if target.kind is MetricKind.GENERIC:
-            return (series, (point.group_name, point.name))
+            return (series, (group, name))
         if target.kind is MetricKind.GROUP_STATE:
             return (series, target.labels[:1])
         return (series, target.labels)
@@ -289,10 +296,13 @@ class PrometheusSink(Sink):
 
     # -- put_metric ------------------------------------------------------------------------
     def _target(self, point: MetricPoint) -> MetricTarget:
-        key = (point.group_name, point.name)
+        return self._target_of(point.group_name, point.name)
+
+    def _target_of(self, group: str, name: str) -> MetricTarget:
+        key = (group, name)
         target = self._targets.get(key)
         if target is None:
-            target = self._targets[key] = classify_metric(point.group_name, point.name)
+            target = self._targets[key] = classify_metric(group, name)
         return target
 
     def _generic(self, point: MetricPoint, labels: tuple[str, ...]) -> None:
