@@ -28,15 +28,7 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, LogsSpecs
 
 from agent import rendezvous, run_events
-from agent.api import (
-    DEFAULT_ROLE,
-    RunResult,
-    SimpleElasticAgent,
-    WorkerGroup,
-    WorkerSpec,
-    WorkerState,
-    prof,
-)
+from agent.api import DEFAULT_ROLE, RunResult, SimpleElasticAgent, WorkerGroup, WorkerSpec, WorkerState, prof
 from agent.processes import (
     LogTee,
     ProgramSpawner,
@@ -300,10 +292,12 @@ class LocalElasticAgent(SimpleElasticAgent):
         # Runs ten times a second for the whole job: in the common case one wait, and chores
         # (standbys, resource samples) only when one is due.
         now = time.monotonic()
-        if self._progress.poll_if_due(now):
+        if self._progress.poll_due(now):
+            changed = self._progress.poll()
             self._stalls.publish(time.time())
-            # At the read's pace: stalled workers that progress again, first-step deadlines.
-            if self._look_for_stalls(workers):
+            # Only a changed record can end a stall or move a deadline; a deadline that passes
+            # with nothing changed is met below, at its moment (stall_due).
+            if changed and self._look_for_stalls(workers):
                 return
         deadline = now + interval
         stall_due = self._stalls.due_monotonic(now, workers.running_ranks)

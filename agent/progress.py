@@ -1,8 +1,8 @@
 """The agent's side of the progress channel: one record per worker, read at the agent's pace.
 
 Each attempt gets fresh records (``<dir>/<attempt>.<local_rank>``, in /dev/shm when there is
-one), so a worker of a stopped attempt can never write into its successor's. ``poll_if_due``
-reads them every ``interval`` seconds from the monitor loop, ``poll`` at once (when workers
+one), so a worker of a stopped attempt can never write into its successor's. ``poll_due``
+says when the monitor loop reads them (every ``interval`` seconds), ``poll`` reads at once (when workers
 exit, so the last steps are counted). What is read goes to the observers: the metrics
 publisher here; the straggler and goodput views will be observers too, fed the same
 ``(local_rank, previous snapshot, snapshot, now)``, without a change to the reading.
@@ -91,27 +91,30 @@ class ProgressChannels:
         for observer in self.observers:
             observer.attempt_ended(last)
 
-    def poll_if_due(self, now: float) -> bool:
-        """Poll if the interval has passed; True when it did."""
+    def poll_due(self, now: float) -> bool:
+        """Whether the interval has passed since the last timed read (``now`` monotonic); when
+        it has, the next one is counted from now and the caller reads (``poll``)."""
         if self._readers and now >= self._next_poll:
             self._next_poll = now + self._interval
-            self.poll()
             return True
         return False
 
-    def poll(self) -> None:
-        """Read every record now and hand what changed to the observers."""
+    def poll(self) -> bool:
+        """Read every record now and hand what changed to the observers; True if any changed."""
         now = time.time()
+        changed = False
         for rank, reader in self._readers.items():
             current = reader.read()
             previous = self._last.get(rank)
             if current is None or (previous is not None and _unchanged(previous, current)):
                 continue
+            changed = True
             self._last[rank] = current
             for observer in self.observers:
                 observer.observe(rank, previous, current, now)
         for observer in self.observers:
             observer.polled(now)
+        return changed
 
     def status(self) -> dict[int, dict[str, Any]]:
         """Each worker's last progress, for /status (``reporting`` False until its first report)."""
