@@ -2,10 +2,11 @@
 
 Each attempt gets fresh records (``<dir>/<attempt>.<local_rank>``, in /dev/shm when there is
 one), so a worker of a stopped attempt can never write into its successor's. ``poll_due``
-says when the monitor loop reads them (every ``interval`` seconds), ``poll`` reads at once (when workers
-exit, so the last steps are counted). What is read goes to the observers: the metrics
-publisher here; the straggler and goodput views will be observers too, fed the same
-``(local_rank, previous snapshot, snapshot, now)``, without a change to the reading.
+says when the monitor loop reads them (every ``interval`` seconds); ``poll`` reads at once
+(also when workers exit, so the last steps are counted). What is read goes to the
+observers: the metrics publisher here; the straggler and goodput views will be observers
+too, fed the same ``(local_rank, previous snapshot, snapshot, now)``, without a change to
+the reading.
 """
 
 from __future__ import annotations

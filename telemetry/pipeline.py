@@ -63,16 +63,20 @@ def _route(deliveries: Iterable[Delivery], record_type: type) -> tuple[tuple[Any
         sink = delivery.sink
         if not (sink.events if record_type is Event else sink.metrics):
             continue
-        picks = type(sink).wants is not Sink.wants
-        routed.append((sink.wants if picks else None, delivery.offer))
+        routed.append((_picker(sink), delivery.offer))
     return tuple(routed)
+
+
+def _picker(sink: Sink) -> Any:
+    """``sink.wants`` if the sink overrides it (it picks records), None if it takes them all."""
+    return sink.wants if type(sink).wants is not Sink.wants else None
 
 
 def _route_fields(deliveries: Iterable[Delivery]) -> tuple[tuple[Any, Any, Any], ...]:
     """The fan-out for metric points published by their fields (``Pipeline.publish_metric``):
     a ``(wants_point, wants, offer)`` triple per sink that takes metric points. ``wants_point``
     is set for a sink that overrides ``Sink.wants_point`` (asked before the point is built,
-    ``wants`` then None); otherwise ``wants`` is as in :func:`_route`."""
+    ``wants`` then None); otherwise ``wants`` is :func:`_picker`'s."""
     routed: list[tuple[Any, Any, Any]] = []
     for delivery in deliveries:
         sink = delivery.sink
@@ -81,8 +85,7 @@ def _route_fields(deliveries: Iterable[Delivery]) -> tuple[tuple[Any, Any, Any],
         if type(sink).wants_point is not Sink.wants_point:
             routed.append((sink.wants_point, None, delivery.offer))
         else:
-            picks = type(sink).wants is not Sink.wants
-            routed.append((None, sink.wants if picks else None, delivery.offer))
+            routed.append((None, _picker(sink), delivery.offer))
     return tuple(routed)
 
 

@@ -36,6 +36,19 @@ class RaisingSink(Sink):
         raise RuntimeError("sink is broken")
 
 
+class KeepingSink(Sink):
+    """Synchronous; keeps every record it is given."""
+
+    synchronous = True
+
+    def __init__(self, name: str = "keeping", events: bool = True) -> None:
+        self.name, self.events = name, events
+        self.records: list = []
+
+    def emit(self, record) -> None:
+        self.records.append(record)
+
+
 class FlakySink(Sink):
     """Raises while ``failing`` is set."""
 
@@ -314,20 +327,11 @@ def test_a_sink_whose_wants_raises_does_not_keep_records_from_the_others():
         def emit(self, record):
             raise AssertionError("never asked to emit")
 
-    class Every(Sink):
-        name, synchronous = "every", True
-
-        def __init__(self):
-            self.count = 0
-
-        def emit(self, record):
-            self.count += 1
-
-    every = Every()
+    every = KeepingSink("every")
     p = Pipeline([Confused(), every])
     p.publish(event())
     p.publish(MetricPoint(0.0, "g", "n", 1))
-    assert every.count == 2
+    assert len(every.records) == 2
 
 
 def test_every_metric_point_is_delivered_even_a_repeat():
@@ -349,22 +353,12 @@ def test_every_metric_point_is_delivered_even_a_repeat():
 
 
 def test_a_point_published_by_its_fields_reaches_each_sink_as_one_record():
-    class Values(Sink):
-        name, synchronous, events = "values", True, False
-
-        def __init__(self):
-            self.points = []
-
-        def emit(self, record):
-            self.points.append(record)
-
-    first, second = Values(), Values()
-    second.name = "values2"
+    first, second = KeepingSink("values", events=False), KeepingSink("values2", events=False)
     p = Pipeline([first, second])
     before = time.time()
     p.publish_metric("g", "a", 7)
-    assert len(first.points) == 1 and first.points == second.points
-    point = first.points[0]
+    assert len(first.records) == 1 and first.records == second.records
+    point = first.records[0]
     assert type(point) is MetricPoint and (point.group_name, point.name, point.value) == ("g", "a", 7)
     assert before <= point.timestamp <= time.time()
 
@@ -386,21 +380,12 @@ def test_a_sink_with_wants_point_is_asked_by_the_fields_and_never_by_the_record(
         def emit(self, record):
             self.got.append(record.value)
 
-    class Every(Sink):
-        name, synchronous, events = "every", True, False
-
-        def __init__(self):
-            self.got = []
-
-        def emit(self, record):
-            self.got.append(record.value)
-
-    picky, every = ByFields(), Every()
+    picky, every = ByFields(), KeepingSink("every", events=False)
     p = Pipeline([picky, every])
     for value in (0, 1, 0):
         p.publish_metric("g", "n", value)
     assert picky.asked == [("g", "n", 0), ("g", "n", 1), ("g", "n", 0)]
-    assert picky.got == [1] and every.got == [0, 1, 0]
+    assert picky.got == [1] and [r.value for r in every.records] == [0, 1, 0]
     assert p.stats()["by_fields"]["offered"] == 1
 
 
@@ -417,19 +402,10 @@ def test_a_sink_whose_wants_point_raises_does_not_keep_points_from_the_others():
         def emit(self, record):
             raise AssertionError("never asked to emit")
 
-    class Every(Sink):
-        name, synchronous = "every", True
-
-        def __init__(self):
-            self.count = 0
-
-        def emit(self, record):
-            self.count += 1
-
-    every = Every()
+    every = KeepingSink("every")
     p = Pipeline([Confused(), every])
     p.publish_metric("g", "n", 1)
-    assert every.count == 1
+    assert len(every.records) == 1
     assert p.stats()["confused"]["offered"] == 0
 
 
