@@ -88,11 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="against-commit-") as tmp:
         trees = {"new": Path(tmp) / "new-tree" if args.new else REPO, "old": Path(tmp) / "baseline-tree"}
         checkouts = [(trees["old"], args.baseline)] + ([(trees["new"], args.new)] if args.new else [])
-        for folder, commit in checkouts:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(folder), commit],
-                           check=True)
         runs: dict[str, list[dict[str, float]]] = {"new": [], "old": []}
+        checked_out: list[Path] = []
         try:
+            for folder, commit in checkouts:
+                added = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(folder),
+                                        commit], capture_output=True, text=True)
+                if added.returncode != 0:
+                    last = (added.stderr.strip().splitlines() or ["git worktree add failed"])[-1]
+                    print(f"error: cannot check out {commit!r}: {last}", file=sys.stderr)
+                    return 2
+                checked_out.append(folder)
             for rep in range(args.reps):
                 for name in (("new", "old") if rep % 2 == 0 else ("old", "new")):
                     runs[name].append(run_script(trees[name], args.script, script_args, args.timeout))
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         finally:
-            for folder, _ in checkouts:
+            for folder in checked_out:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False)
 
     keys = [key for key in runs["new"][0] if any(fnmatch.fnmatchcase(key, p) for p in patterns)]

@@ -45,6 +45,7 @@ def test_one_run_against_head_tabulates_both_trees_and_their_ratio():
 @pytest.mark.parametrize("args, says", [
     (["no_such_bench.py"], "no bench/no_such_bench.py"),
     (["telemetry_hotpath.py", "--reps", "0"], "--reps must be at least 1"),
+    (["telemetry_hotpath.py", "--baseline", "no-such-commit"], "cannot check out 'no-such-commit'"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(args, says):
     proc = _run(*args, timeout=30)
