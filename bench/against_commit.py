@@ -8,9 +8,10 @@
 Why: "unchanged within noise" (issue 12) is a claim about two trees on the same machine at the same
 time. A figure taken today for this tree and one written down months ago for the old commit differ
 by the machine's drift as much as by the code. Here the baseline commit (and ``--new``, if given
-instead of this working tree) is checked out into a temporary git worktree, and ``bench/SCRIPT --json`` runs in each tree in turn (each repetition starts
-with the other tree), its own copy of the script against its own code (``PYTHONPATH`` and the working
-directory are the tree). Both copies must print one JSON object with ``--json``.
+instead of this working tree) is checked out into a temporary git worktree
+(``common.checked_out``), and ``bench/SCRIPT --json`` runs in each tree in turn (each repetition
+starts with the other tree), its own copy of the script against its own code (``PYTHONPATH`` and
+the working directory are the tree). Both copies must print one JSON object with ``--json``.
 
 Figures: every numeric value of the JSON whose dotted path matches a ``--key`` pattern (fnmatch;
 default: all of them), median (min-max) over the repetitions for each tree, and new/old of the
@@ -32,7 +33,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from common import OneLineParser  # noqa: E402
+from common import CheckoutFailed, OneLineParser, checked_out  # noqa: E402
 
 
 def numeric_leaves(value, prefix: str = "") -> dict[str, float]:
@@ -85,29 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps must be at least 1")
     patterns = args.key or ["*"]
 
+    commits = {"old": args.baseline, **({"new": args.new} if args.new else {})}
+    runs: dict[str, list[dict[str, float]]] = {"new": [], "old": []}
     with tempfile.TemporaryDirectory(prefix="against-commit-") as tmp:
-        trees = {"new": Path(tmp) / "new-tree" if args.new else REPO, "old": Path(tmp) / "baseline-tree"}
-        checkouts = [(trees["old"], args.baseline)] + ([(trees["new"], args.new)] if args.new else [])
-        runs: dict[str, list[dict[str, float]]] = {"new": [], "old": []}
-        checked_out: list[Path] = []
         try:
-            for folder, commit in checkouts:
-                added = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(folder),
-                                        commit], capture_output=True, text=True)
-                if added.returncode != 0:
-                    last = (added.stderr.strip().splitlines() or ["git worktree add failed"])[-1]
-                    print(f"error: cannot check out {commit!r}: {last}", file=sys.stderr)
-                    return 2
-                checked_out.append(folder)
-            for rep in range(args.reps):
-                for name in (("new", "old") if rep % 2 == 0 else ("old", "new")):
-                    runs[name].append(run_script(trees[name], args.script, script_args, args.timeout))
+            with checked_out(commits, Path(tmp)) as worktrees:
+                trees = {"new": REPO, **worktrees}
+                for rep in range(args.reps):
+                    for name in (("new", "old") if rep % 2 == 0 else ("old", "new")):
+                        runs[name].append(run_script(trees[name], args.script, script_args, args.timeout))
+        except CheckoutFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        finally:
-            for folder in checked_out:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False)
 
     keys = [key for key in runs["new"][0] if any(fnmatch.fnmatchcase(key, p) for p in patterns)]
     keys = [key for key in keys if all(key in run for name in runs for run in runs[name])]

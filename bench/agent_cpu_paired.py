@@ -86,25 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    commits = {"old": args.baseline, **({"new": args.new} if args.new else {})}
     with tempfile.TemporaryDirectory(prefix="agent-cpu-paired-") as tmp_name:
         tmp = Path(tmp_name)
-        trees = {"new": REPO, "old": tmp / "baseline-tree"}
-        if args.new:
-            trees["new"] = tmp / "new-tree"
-        checkouts = [(trees["old"], args.baseline)] + ([(trees["new"], args.new)] if args.new else [])
-        for folder, commit in checkouts:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(folder), commit],
-                           check=True)
         try:
-            pairs = []
-            for rep in range(args.reps):
-                order = ["new", "old"] if rep % 2 == 0 else ["old", "new"]
-                run_dir = tmp / f"rep{rep}"
-                run_dir.mkdir()
-                pairs.append(one_pair(trees, order, args.window, args.settle, run_dir))
-        finally:
-            for folder, _ in checkouts:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False)
+            with common.checked_out(commits, tmp) as worktrees:
+                trees = {"new": REPO, **worktrees}
+                pairs = []
+                for rep in range(args.reps):
+                    order = ["new", "old"] if rep % 2 == 0 else ["old", "new"]
+                    run_dir = tmp / f"rep{rep}"
+                    run_dir.mkdir()
+                    pairs.append(one_pair(trees, order, args.window, args.settle, run_dir))
+        except common.CheckoutFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     ratios = [pair["new"]["total"] / pair["old"]["total"] for pair in pairs]
     if args.json:
         print(json.dumps({"baseline": args.baseline, "new": args.new or "working tree", "pairs": pairs, "ratio_new_over_old": ratios,

@@ -10,6 +10,7 @@ reported the failure (torchrun has no live failure event to read instead).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -186,6 +187,30 @@ def summaries(rows: list[dict]) -> dict[str, dict]:
 
 
 # ---- launchers -----------------------------------------------------------------------------
+
+
+class CheckoutFailed(RuntimeError):
+    """A commit asked for could not be checked out (a typo, a commit this clone lacks)."""
+
+
+@contextlib.contextmanager
+def checked_out(commits: dict[str, str], parent: Path) -> Iterator[dict[str, Path]]:
+    """Each commit checked out into a detached git worktree of this repository under ``parent``:
+    ``{name: folder}``. Every worktree added is removed on the way out, also when a later one
+    cannot be checked out (``CheckoutFailed``, with git's reason in one line)."""
+    folders: dict[str, Path] = {}
+    try:
+        for name, commit in commits.items():
+            folder = parent / f"{name}-tree"
+            added = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(folder), commit],
+                                   capture_output=True, text=True)
+            if added.returncode != 0:
+                raise CheckoutFailed(f"cannot check out {commit!r}: {failure_line(added.stderr)}")
+            folders[name] = folder
+        yield folders
+    finally:
+        for folder in folders.values():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)], check=False)
 
 
 def free_port() -> int:
