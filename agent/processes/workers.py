@@ -114,8 +114,6 @@ class _ExitSources:
             timeout = max(timeout, 0.0) * 1000.0
         found = []
         for fd, events in self._poll.poll(timeout):
-            if fd not in self._stands_for:
-                continue
             found.append(self._stands_for[fd])
             if events & select.POLLNVAL:  # closed under us: it would be reported on every call
                 self.remove(fd)
